@@ -1,0 +1,163 @@
+"""Rotary position embedding (Su et al. 2021, RoFormer, arXiv 2104.09864).
+
+Each pair of head dimensions ``(a, b)`` with frequency ``w_k = theta^(-2k/d)`` is
+rotated by the angle ``p w_k`` of its token's position ``p``:
+``a' = a cos - b sin``, ``b' = b cos + a sin``. Then ``<R(m) q, R(n) k>`` depends on
+``m - n`` only.
+
+Two layouts pair the dimensions differently (REFERENCE.md section 3):
+- ``half`` (GPT-NeoX, Hugging Face Llama): pair ``(x[k], x[k + d/2])``;
+- ``interleaved`` (GPT-J, Meta's Llama reference, x-transformers): pair
+  ``(x[2k], x[2k+1])``.
+They differ by a fixed permutation of head dimensions; ``half_to_interleaved`` and
+``interleaved_to_half`` move q/k projection weights between them.
+
+Partial rotary (GPT-J, GPT-NeoX) rotates the first ``d_rot = head_dim * fraction``
+dimensions, with frequencies computed over ``d_rot`` as Hugging Face does, and passes
+the rest through.
+
+Angles, cosines and sines are always float32 from integer positions; the rotation is
+done in float32 and only its result is cast back to the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pe_jax import scaling
+from pe_jax.schemes import base
+
+LAYOUTS = ("half", "interleaved")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeOptions:
+    theta: float = 10000.0
+    layout: str = "half"
+    fraction: float = 1.0
+    scaling: scaling.RopeScaling = scaling.RopeScaling()
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"rope_layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"rope_fraction must be in (0, 1], got {self.fraction}")
+        if not self.theta > 1.0:
+            raise ValueError(f"rope_theta must be > 1, got {self.theta}")
+
+
+def rotary_dim(head_dim: int, fraction: float = 1.0) -> int:
+    """Number of rotated dimensions; must be even and positive."""
+    d_rot = int(head_dim * fraction)
+    if d_rot <= 0 or d_rot % 2:
+        raise ValueError(
+            f"RoPE needs an even, positive number of rotated dimensions; head_dim "
+            f"{head_dim} with rope_fraction {fraction} gives {d_rot}"
+        )
+    return d_rot
+
+
+def cos_sin(
+    pos_BxL: jax.Array, inv_freq_K: jax.Array, layout: str, attention_factor=1.0
+) -> tuple[jax.Array, jax.Array]:
+    """float32 cos and sin ``BxLx1xd`` laid out to match ``layout``."""
+    angle_BxLxK = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_K.astype(jnp.float32)
+    if layout == "half":
+        angle_BxLxd = jnp.concatenate([angle_BxLxK, angle_BxLxK], axis=-1)
+    else:
+        angle_BxLxd = jnp.repeat(angle_BxLxK, 2, axis=-1)
+    cos = jnp.cos(angle_BxLxd) * attention_factor
+    sin = jnp.sin(angle_BxLxd) * attention_factor
+    return cos[:, :, None, :], sin[:, :, None, :]
+
+
+def _rotate_pairs(x: jax.Array, layout: str) -> jax.Array:
+    """The partner of every dimension, with the sign of a +90 degree rotation."""
+    if layout == "half":
+        x1, x2 = jnp.split(x, 2, axis=-1)
+        return jnp.concatenate([-x2, x1], axis=-1)
+    pairs = x.reshape(*x.shape[:-1], -1, 2)
+    return jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+
+
+def apply(x_BxLxHxDh: jax.Array, cos: jax.Array, sin: jax.Array, layout: str) -> jax.Array:
+    """Rotate the first ``cos.shape[-1]`` dims of ``x`` in float32; cast back."""
+    d_rot = cos.shape[-1]
+    x32 = x_BxLxHxDh.astype(jnp.float32)
+    x_rot, x_pass = x32[..., :d_rot], x32[..., d_rot:]
+    out = x_rot * cos + _rotate_pairs(x_rot, layout) * sin
+    return jnp.concatenate([out, x_pass], axis=-1).astype(x_BxLxHxDh.dtype)
+
+
+def half_to_interleaved(d_rot: int) -> np.ndarray:
+    """Permutation ``perm`` with ``x_interleaved = x_half[..., perm]`` (rotated part)."""
+    half = d_rot // 2
+    return np.stack([np.arange(half), np.arange(half) + half], axis=-1).reshape(-1)
+
+
+def interleaved_to_half(d_rot: int) -> np.ndarray:
+    """Inverse of ``half_to_interleaved``."""
+    return np.argsort(half_to_interleaved(d_rot))
+
+
+def convert_qk_kernel(kernel: jax.Array, head_dim: int, d_rot: int, to: str) -> jax.Array:
+    """Permute the output columns of a q or k projection kernel ``[..., H, Dh]``.
+
+    A model trained with one layout gives identical attention outputs with the other
+    layout once its q and k kernels (and biases) are permuted this way.
+    """
+    if to not in LAYOUTS:
+        raise ValueError(f"target layout must be one of {LAYOUTS}, got {to!r}")
+    if kernel.shape[-1] != head_dim:
+        raise ValueError(f"kernel's last axis {kernel.shape[-1]} is not head_dim {head_dim}")
+    perm = half_to_interleaved(d_rot) if to == "interleaved" else interleaved_to_half(d_rot)
+    full = np.concatenate([perm, np.arange(d_rot, head_dim)])
+    return kernel[..., full]
+
+
+class Rope(base.PositionalScheme):
+    enters_at = ("rotate",)
+
+    def _opts(self) -> RopeOptions:
+        return self.options or RopeOptions()
+
+    def rotate(self, q_BxLxHxDh, k_BxKxHxDh, q_pos_BxL, k_pos_BxK):
+        base.check_positions(q_pos_BxL, "query positions")
+        base.check_positions(k_pos_BxK, "key positions")
+        opts = self._opts()
+        d_rot = rotary_dim(self.dims.head_dim, opts.fraction)
+        # The current length, for methods that depend on it (dynamic NTK, LongRoPE):
+        # a pure function of the explicit key positions, never a cached value.
+        seq_len = jnp.max(k_pos_BxK) + 1
+        inv_freq_K, factor = scaling.inv_freq_and_scale(d_rot, opts.theta, opts.scaling, seq_len)
+        q_cos, q_sin = cos_sin(q_pos_BxL, inv_freq_K, opts.layout, factor)
+        k_cos, k_sin = cos_sin(k_pos_BxK, inv_freq_K, opts.layout, factor)
+        return apply(q_BxLxHxDh, q_cos, q_sin, opts.layout), apply(
+            k_BxKxHxDh, k_cos, k_sin, opts.layout
+        )
+
+
+def options_from_config(config) -> RopeOptions:
+    rope_scaling = base.config_get(config, "rope_scaling", None)
+    if isinstance(rope_scaling, str):
+        import json
+
+        rope_scaling = json.loads(rope_scaling) if rope_scaling.strip() else None
+    if rope_scaling is not None and not isinstance(rope_scaling, dict):
+        rope_scaling = dict(rope_scaling)
+    return RopeOptions(
+        theta=float(base.config_get(config, "rope_theta", 10000.0)),
+        layout=base.config_get(config, "rope_layout", "half"),
+        fraction=float(base.config_get(config, "rope_fraction", 1.0)),
+        scaling=scaling.from_hf(
+            rope_scaling or None,
+            max_position_embeddings=int(base.config_get(config, "seq_len", 0)) or None,
+        ),
+    )
+
+
+base.register("rope", Rope, options_from_config, summary="rotary embedding of q and k")
