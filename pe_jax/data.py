@@ -82,8 +82,13 @@ def load_tfds(
 ) -> Corpus:
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    splits = list(builder.info.splits.keys())
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"unknown tfds dataset {name!r} (see tfds.list_builders())") from None
+    # Before download_and_prepare (and under tfds mocks) the split list is empty:
+    # fall back to the usual names and let data_source say if one is missing.
+    splits = list(builder.info.splits.keys()) or ["train", "validation"]
     val_split = next((s for s in ("validation", "test") if s in splits), None)
     if "train" not in splits or val_split is None:
         raise ValueError(
