@@ -7,21 +7,64 @@ Pre-RMSNorm blocks, causal attention, GELU MLP, untied output head. Positions ar
 explicit integer argument; the attention layer asks the scheme for its hooks and never
 branches on the scheme's name. Parameters are float32; activations run in
 ``compute_dtype``; softmax and the output logits are float32.
+
+Sharding: every parameter of the decoder carries logical axis names (``vocab``,
+``embed``, ``qkv``, ``heads``, ``kv``, ``mlp``, ``norm``) and activations are
+constrained at block boundaries (``activation_*`` names). ``pe_jax/sharding.py`` maps
+the names onto the device mesh; without its rules in effect the constraints do nothing.
+The schemes' own parameters carry no names and are replicated. ``init`` therefore
+returns boxed parameters; ``nn.unbox`` gives plain arrays (``apply`` takes either).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pe_jax import schemes
+from pe_jax import attention, schemes
 from pe_jax.schemes import base
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Logical names of activations (mapped to mesh axes by pe_jax/sharding.py's rules).
+ACT_BxL = ("activation_batch", "activation_length")
+ACT_BxLxD = ("activation_batch", "activation_length", "activation_embed")
+ACT_BxLxHxDh = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+ACT_BxHxLxK = ("activation_batch", "activation_heads", "activation_length",
+               "activation_kv_length")
+ACT_BxLxF = ("activation_batch", "activation_length", "activation_mlp")
+ACT_BxLxV = ("activation_batch", "activation_length", "activation_vocab")
+
+_KERNEL_INIT = nn.initializers.lecun_normal()  # Flax's Dense default
+
+
+class _LogicalNames(nn.LogicallyPartitioned):
+    """``nn.LogicallyPartitioned`` that constrains only a value of the named rank.
+
+    ``DenseGeneral`` initialises a flat 2-D kernel and reshapes it, and Flax reruns the
+    initializer (under ``eval_shape``) on every ``apply`` to check shapes; with a mesh in
+    effect the stock box would constrain that flat value with all four names and fail.
+    The flat value is unboxed as it is; the reshaped kernel keeps its names.
+    """
+
+    def unbox(self, apply_constraint=True):
+        if jnp.ndim(self.value) != len(self.names):
+            return self.value
+        return super().unbox(apply_constraint)
+
+
+def _named(init, names: tuple[str, ...]):
+    """``init`` whose parameter carries the logical axis ``names``."""
+
+    def named_init(*args, **kwargs):
+        return _LogicalNames(init(*args, **kwargs), names)
+
+    return named_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +120,8 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD):
-        scale_D = self.param("scale", nn.initializers.ones, (x_BxLxD.shape[-1],))
+        scale_D = self.param("scale", _named(nn.initializers.ones, ("norm",)),
+                             (x_BxLxD.shape[-1],))
         x32 = x_BxLxD.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (x32 * scale_D).astype(self.dtype)
@@ -115,10 +159,13 @@ def attend(
 
     bias = scheme.bias(q_pos_BxL, k_pos_BxK, layer)
     if bias is not None:
+        if bias.shape == logits_BxHxLxK.shape:  # split along batch and heads
+            bias = nn.with_logical_constraint(bias, ACT_BxHxLxK)
         logits_BxHxLxK = logits_BxHxLxK + bias
     logits_BxHxLxK = scheme.logits(
         logits_BxHxLxK, q_BxLxHxDh, k_BxKxHxDh, q_pos_BxL, k_pos_BxK, mask_BxLxK, layer
     )
+    logits_BxHxLxK = nn.with_logical_constraint(logits_BxHxLxK, ACT_BxHxLxK)
 
     big_negative = jnp.finfo(jnp.float32).min
     logits_BxHxLxK = jnp.where(mask_BxLxK[:, None], logits_BxHxLxK, big_negative)
@@ -133,22 +180,62 @@ def attend(
 
 
 class Attention(nn.Module):
+    """Self-attention with the scheme's hooks, in one of three modes.
+
+    - dense (default): the whole ``L x L`` logits, for training;
+    - ``block_size > 0``: blockwise with an online softmax, for long evaluation;
+    - ``decode=True``: a preallocated KV cache (collection ``"cache"``, made by
+      ``init_cache``). Each call writes its keys, already rotated at their true
+      positions, at the cache index and attends over every filled slot.
+    """
+
     config: ModelConfig
     scheme: base.PositionalScheme
     layer: int
 
     @nn.compact
-    def __call__(self, x_BxLxD, pos_BxL, mask_BxLxL):
+    def __call__(self, x_BxLxD, pos_BxL, mask_BxLxL, block_size: int = 0, decode: bool = False):
         cfg = self.config
         qkv_BxLx3xHxDh = nn.DenseGeneral(
-            (3, cfg.num_heads, cfg.head_dim), use_bias=False, dtype=cfg.dtype, name="qkv"
+            (3, cfg.num_heads, cfg.head_dim), use_bias=False, dtype=cfg.dtype, name="qkv",
+            kernel_init=_named(_KERNEL_INIT, ("embed", "qkv", "heads", "kv")),
         )(x_BxLxD)
-        q, k, v = (qkv_BxLx3xHxDh[:, :, i] for i in range(3))
+        q, k, v = (
+            nn.with_logical_constraint(qkv_BxLx3xHxDh[:, :, i], ACT_BxLxHxDh) for i in range(3)
+        )
         q, k = self.scheme.rotate(q, k, pos_BxL, pos_BxL)
-        out_BxLxHxDh = attend(q, k, v, pos_BxL, pos_BxL, mask_BxLxL, self.scheme, self.layer)
+
+        if decode:
+            out_BxLxHxDh = self._cached(q, k, v, pos_BxL)
+        elif block_size:
+            hooks = attention.Hooks.from_scheme(self.scheme, self.layer)
+            out_BxLxHxDh = attention.blockwise_attend(q, k, v, pos_BxL, pos_BxL, hooks, block_size)
+        else:
+            out_BxLxHxDh = attend(q, k, v, pos_BxL, pos_BxL, mask_BxLxL, self.scheme, self.layer)
+        out_BxLxHxDh = nn.with_logical_constraint(out_BxLxHxDh, ACT_BxLxHxDh)
         return nn.DenseGeneral(
-            cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.dtype, name="out"
+            cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.dtype, name="out",
+            kernel_init=_named(_KERNEL_INIT, ("heads", "kv", "embed")),
         )(out_BxLxHxDh)
+
+    def _cached(self, q, k, v, pos_BxL):
+        if not self.has_variable("cache", "k"):
+            raise ValueError(
+                "decode=True needs a KV cache: pass {'cache': model.init_cache(...)} with "
+                "the parameters and make 'cache' mutable"
+            )
+        cache = {name: self.variable("cache", name) for name in ("k", "v", "pos", "index")}
+        written = attention.write_cache(
+            {n: cache[n].value for n in ("k", "v", "pos")}, cache["index"].value, k, v, pos_BxL
+        )
+        for name, value in written.items():
+            cache[name].value = value
+        cache["index"].value = cache["index"].value + k.shape[1]
+        mask_BxLxK = causal_mask(pos_BxL, written["pos"])
+        return attend(
+            q, written["k"], written["v"], pos_BxL, written["pos"], mask_BxLxK, self.scheme,
+            self.layer,
+        )
 
 
 class Block(nn.Module):
@@ -157,21 +244,36 @@ class Block(nn.Module):
     layer: int
 
     @nn.compact
-    def __call__(self, x_BxLxD, pos_BxL, mask_BxLxL):
+    def __call__(self, x_BxLxD, pos_BxL, mask_BxLxL, block_size: int = 0, decode: bool = False):
         cfg = self.config
         h = RMSNorm(dtype=cfg.dtype, name="attn_norm")(x_BxLxD)
         x_BxLxD = x_BxLxD + Attention(cfg, self.scheme, self.layer, name="attn")(
-            h, pos_BxL, mask_BxLxL
+            h, pos_BxL, mask_BxLxL, block_size, decode
         )
 
+        x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACT_BxLxD)
+
         h = RMSNorm(dtype=cfg.dtype, name="mlp_norm")(x_BxLxD)
-        h = nn.Dense(cfg.mlp_ratio * cfg.d_model, dtype=cfg.dtype, name="mlp_in")(h)
-        h = nn.gelu(h)
-        return x_BxLxD + nn.Dense(cfg.d_model, dtype=cfg.dtype, name="mlp_out")(h)
+        h = nn.Dense(
+            cfg.mlp_ratio * cfg.d_model, dtype=cfg.dtype, name="mlp_in",
+            kernel_init=_named(_KERNEL_INIT, ("embed", "mlp")),
+            bias_init=_named(nn.initializers.zeros, ("mlp",)),
+        )(h)
+        h = nn.with_logical_constraint(nn.gelu(h), ACT_BxLxF)
+        h = nn.Dense(
+            cfg.d_model, dtype=cfg.dtype, name="mlp_out",
+            kernel_init=_named(_KERNEL_INIT, ("mlp", "embed")),
+            bias_init=_named(nn.initializers.zeros, ("embed",)),
+        )(h)
+        return nn.with_logical_constraint(x_BxLxD + h, ACT_BxLxD)
 
 
 class Decoder(nn.Module):
-    """``(tokens_BxL, pos_BxL[, segment_BxL]) -> float32 logits_BxLxV``."""
+    """``(tokens_BxL, pos_BxL[, segment_BxL]) -> float32 logits_BxLxV``.
+
+    ``block_size > 0`` evaluates attention blockwise (long sequences, bounded memory);
+    ``decode=True`` runs on the KV cache (see ``pe_jax.decode``).
+    """
 
     config: ModelConfig
 
@@ -179,32 +281,58 @@ class Decoder(nn.Module):
         cfg = self.config
         self.scheme = schemes.build(cfg.pe, cfg.dims, cfg.pe_config)
         self.embed = nn.Embed(
-            cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(1.0)
+            cfg.vocab_size, cfg.d_model,
+            embedding_init=_named(nn.initializers.normal(1.0), ("vocab", "embed")),
         )
         self.blocks = [
             Block(cfg, self.scheme, layer, name=f"block_{layer}")
             for layer in range(cfg.num_layers)
         ]
         self.final_norm = RMSNorm(dtype=cfg.dtype)
-        self.head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype)
+        # Inputs in the compute dtype, products accumulated and returned in float32: the
+        # logits reach the float32 softmax and loss without a bf16 rounding.
+        self.head = nn.Dense(
+            cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
+            kernel_init=_named(_KERNEL_INIT, ("embed", "vocab")),
+            dot_general=functools.partial(jax.lax.dot_general,
+                                          preferred_element_type=jnp.float32),
+        )
 
-    def __call__(self, tokens_BxL, pos_BxL, segment_BxL=None):
+    def __call__(self, tokens_BxL, pos_BxL, segment_BxL=None, *, block_size: int = 0,
+                 decode: bool = False):
         if tokens_BxL.shape != pos_BxL.shape:
             raise ValueError(
                 f"tokens {tokens_BxL.shape} and positions {pos_BxL.shape} differ in shape"
             )
         base.check_positions(pos_BxL)
-        x_BxLxD = self.embed(tokens_BxL).astype(jnp.float32)
+        pos_BxL = nn.with_logical_constraint(pos_BxL, ACT_BxL)
+        # The lookup gathers whole rows of a replicated table, so its output is split by
+        # batch like the tokens (a gather from a table split along vocab or embed makes
+        # XLA replicate and re-split the result).
+        table_VxD = nn.with_logical_constraint(self.embed.embedding, (None, None))
+        x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(jnp.float32)
         code_BxLxD = self.scheme.embed(pos_BxL)
         if code_BxLxD is not None:
             x_BxLxD = x_BxLxD + code_BxLxD.astype(jnp.float32)
-        x_BxLxD = x_BxLxD.astype(self.config.dtype)
+        x_BxLxD = nn.with_logical_constraint(x_BxLxD.astype(self.config.dtype), ACT_BxLxD)
 
-        mask_BxLxL = causal_mask(pos_BxL, pos_BxL, segment_BxL)
+        if (block_size or decode) and segment_BxL is not None:
+            raise ValueError("segment ids are supported by dense attention only")
+        # Blockwise attention builds its masks per block: no L x L array at all.
+        mask_BxLxL = None if block_size or decode else causal_mask(pos_BxL, pos_BxL, segment_BxL)
         for block in self.blocks:
-            x_BxLxD = block(x_BxLxD, pos_BxL, mask_BxLxL)
+            x_BxLxD = block(x_BxLxD, pos_BxL, mask_BxLxL, block_size, decode)
         x_BxLxD = self.final_norm(x_BxLxD)
-        return self.head(x_BxLxD).astype(jnp.float32)
+        return nn.with_logical_constraint(self.head(x_BxLxD).astype(jnp.float32), ACT_BxLxV)
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int) -> dict:
+    """An empty KV cache for ``Decoder(config)`` in decode mode, ``max_len`` slots."""
+    per_layer = {
+        **attention.init_cache(batch, max_len, config.num_heads, config.head_dim, config.dtype),
+        "index": jnp.zeros((), jnp.int32),
+    }
+    return {f"block_{i}": {"attn": dict(per_layer)} for i in range(config.num_layers)}
 
 
 def check_length(config: ModelConfig, max_position: int) -> None:

@@ -1,5 +1,6 @@
 """Small builders shared by the tests."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,5 +22,6 @@ def init(cfg: model.ModelConfig, length: int = 16, batch: int = 2, seed: int = 0
     decoder = model.Decoder(cfg)
     tokens = jax.random.randint(jax.random.key(seed + 1), (batch, length), 0, 256)
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    params = decoder.init(jax.random.key(seed), tokens, positions)["params"]
+    # Plain arrays: init boxes the decoder's parameters with their logical axis names.
+    params = nn.unbox(decoder.init(jax.random.key(seed), tokens, positions)["params"])
     return decoder, params, tokens, positions

@@ -28,7 +28,7 @@ Positions are always explicit integer arrays; no hook builds an ``arange`` itsel
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -53,7 +53,10 @@ class PositionalScheme(nn.Module):
     options: Any = None  # the scheme's own frozen options dataclass
 
     # Class-level facts the rest of the library may read without instantiating.
-    enters_at: tuple[str, ...] = ()  # of ("embed", "rotate", "bias", "logits", "values")
+    enters_at: ClassVar[tuple[str, ...]] = ()  # of embed, rotate, bias, logits, values
+    # False when a logit hook couples all keys of a row, so that blockwise attention
+    # must give it whole rows (CoPE).
+    key_blocks_independent: ClassVar[bool] = True
 
     def embed(self, pos_BxL: jax.Array) -> jax.Array | None:
         del pos_BxL

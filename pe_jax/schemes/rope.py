@@ -155,7 +155,13 @@ def options_from_config(config) -> RopeOptions:
         fraction=float(base.config_get(config, "rope_fraction", 1.0)),
         scaling=scaling.from_hf(
             rope_scaling or None,
-            max_position_embeddings=int(base.config_get(config, "seq_len", 0)) or None,
+            # The context the rules measure against: the training length, unless a
+            # fine-tune at a longer seq_len keeps its base model's (rope_max_position_embeddings).
+            max_position_embeddings=int(
+                base.config_get(config, "rope_max_position_embeddings", 0)
+                or base.config_get(config, "seq_len", 0)
+            )
+            or None,
         ),
     )
 
