@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.fire_mlp_width = 32  # FIRE: hidden units of the 1 -> width -> heads MLP
     c.mrope_section = ""  # M-RoPE: "t,h,w" rotary pairs per axis ("" = 1/4, 3/8, 3/8 split)
 
+    c.random_positions = False  # train on sorted random positions (Ruoss et al. 2023)
+    c.random_positions_max = 1024  # ... drawn from 0..random_positions_max-1 (>= seq_len)
+
     # Model.
     c.d_model = 128  # width
     c.num_layers = 2  # decoder blocks

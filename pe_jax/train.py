@@ -34,7 +34,7 @@ from flax import struct
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec
 
-from pe_jax import data, metrics, model, schemes, sharding
+from pe_jax import data, metrics, model, positions, schemes, sharding
 
 LOSS_SCALES = ("none", "dynamic")
 MAX_LOSS_SCALE = 2.0**24  # growth stops here, so the scale stays finite
@@ -53,10 +53,19 @@ def model_config(config) -> model.ModelConfig:
         num_layers=config.num_layers,
         num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio,
-        max_len=config.seq_len,
+        max_len=trained_positions(config),
         compute_dtype=config.compute_dtype,
         pe_config=config,
     )
+
+
+def trained_positions(config) -> int:
+    """How many positions training shows: ``seq_len``, or ``random_positions_max`` when
+    training draws randomized positions (the learned table and other length-aware
+    defaults cover that range)."""
+    if config.get("random_positions", False):
+        return int(config.random_positions_max)
+    return int(config.seq_len)
 
 
 def run_signature(config) -> dict[str, Any]:
@@ -64,6 +73,8 @@ def run_signature(config) -> dict[str, Any]:
     signature = {key: config[key] for key in _RUN_KEYS}
     if config.get("loss_scale", "none") != "none":  # it adds a field to the checkpoint
         signature["loss_scale"] = config.loss_scale
+    if config.get("random_positions", False):  # other positions, another experiment
+        signature["random_positions_max"] = config.random_positions_max
     options = schemes.get(config.pe).make_options(config)
     if options is not None:
         signature["pe_options"] = json.loads(json.dumps(dataclasses.asdict(options), default=str))
@@ -72,6 +83,13 @@ def run_signature(config) -> dict[str, Any]:
 
 def validate(config) -> None:
     """Reject values no run could use, naming the value and what is accepted."""
+    if config.get("random_positions", False) and not (
+        int(config.random_positions_max) >= int(config.seq_len)
+    ):
+        raise ValueError(
+            f"config.random_positions_max must be >= seq_len {config.seq_len}, got "
+            f"{config.random_positions_max}"
+        )
     for key in ("seq_len", "batch_size", "num_steps", "checkpoint_every", "log_every",
                 "eval_tokens", "eval_batch_tokens"):
         if int(config[key]) <= 0:
@@ -423,12 +441,18 @@ def train_and_evaluate(config, workdir: str, corpus: data.Corpus | None = None) 
     )
 
     last = {}
+    position_key = jax.random.key(config.seed + 1)
     progress = metrics.Progress(start, config.num_steps, label=config.pe)
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start, config.num_steps):
         batch = data.train_batch(
             corpus.train, step, config.batch_size, config.seq_len, config.seed
         )
+        if config.get("random_positions", False):  # Ruoss et al.: training only
+            batch["positions"] = np.asarray(positions.random_positions(
+                jax.random.fold_in(position_key, step), config.batch_size, config.seq_len,
+                int(config.random_positions_max),
+            ))
         state, step_metrics = step_fn(state, sharding.put_batch(batch, batch_shardings))
         window_steps += 1
         done = step + 1

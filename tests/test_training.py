@@ -164,3 +164,16 @@ def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
     steps = [json.loads(x)["step"] for x in open(os.path.join(workdir, "metrics.jsonl"))]
     assert steps[-1] == 1500
 
+
+
+def test_randomized_positions_train_and_let_learned_run_past_seq_len(tmp_path, corpus):
+    """Ruoss et al.: train on random sorted positions from 0..63, evaluate plainly at 64."""
+    workdir = str(tmp_path / "rand")
+    config = tiny(pe="learned", random_positions=True, random_positions_max=64)
+    train.train_and_evaluate(config, workdir, corpus)
+    state, _ = train.restore_latest(workdir, config)
+    assert state.params["scheme"]["table"].shape[0] == 64  # the table covers the range
+    results = evaluate.evaluate_workdir(workdir, [16, 64, 128], corpus)
+    assert "loss" in results[1] and "error" in results[2]
+    with pytest.raises(ValueError, match="random_positions_max must be >= seq_len 16, got 8"):
+        train.validate(tiny(random_positions=True, random_positions_max=8))
