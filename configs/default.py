@@ -4,8 +4,9 @@ Launch:
   python train.py --workdir=/tmp/pe_rope --config=configs/default.py --config.pe=rope
   python eval.py --workdir=/tmp/pe_rope --lengths=128,256,512,1024,2048
 
-Expected on 2 CPU cores: about a minute and a half of training; validation loss on the
-standard-library corpus near 1.4 nats/byte at the training length (unigram: ~3.3).
+Expected on 2 idle CPU cores: about a minute and a half of training (~28K tokens/s);
+training loss near 1.5 and held-out loss near 1.76 nats/byte for RoPE at the training
+length on the standard-library corpus (the unigram baseline is 3.40 on the same bytes).
 """
 
 import ml_collections
