@@ -1,12 +1,12 @@
 """Time variants of pe_jax's training step against each other, interleaved.
 
   python bench/ab.py --schemes=none,rope \\
-      --variant="base=--flat_dense=0" --variant="flat=--flat_dense=1" [--rounds=6 --steps=2]
+      --variant="rows=--shared_positions=0" --variant="shared=--shared_positions=1" [--rounds=6 --steps=2]
   python bench/ab.py --variant="this=" --variant="patched=--root=/tmp/pe_jax_copy"
 
 Each variant is a ``bench/train_step.py --serve`` worker started with the arguments after
 its ``name=`` (levers, or ``--root`` for another checkout); leading ``NAME=VALUE`` words
-set environment variables of that worker (``"x=XLA_FLAGS=--xla_... --flat_dense=1"``).
+set environment variables of that worker (``"x=XLA_FLAGS=--xla_... --shared_positions=0"``).
 Each round runs ``--steps`` steps of every variant for every scheme in turn; the medians
 over all rounds, of wall time and of CPU time, are printed next to the first variant's.
 On a shared machine the CPU time of a step moves less with the other load than its wall

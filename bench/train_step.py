@@ -9,13 +9,11 @@ optimizer of ``timing.REFERENCE`` (AdamW, float32), each scheme with its default
 A fixed batch of random bytes is placed on the device once; each step is timed on its
 own, from dispatch to its results being ready.
 
-Levers (measured in bench/README.md; those that help are the defaults):
+Options (the levers measured in bench/README.md; those that help are defaults in the
+model and in ``train.py``, so this step is the one training runs):
 
-- ``--flat_dense`` (default on): every Flax ``Dense``/``DenseGeneral`` contracts 2-D
-  operands (``pe_jax.ops.flat_dot_general``), which removes a transposing copy of each
-  layer's output gradient from the backward pass. Until ``pe_jax/model.py`` passes
-  ``dot_general=ops.flat_dot_general`` itself, the option routes Flax's dense layers
-  through it here; once it does, the option changes nothing.
+- ``--shared_positions`` (default 1): positions ``1xL``, shared by every row, as
+  ``train.py`` passes them; 0 repeats them per row (``BxL``), to time the difference.
 - ``--xla_options``: XLA compiler options as JSON, e.g.
   ``'{"xla_cpu_enable_concurrency_optimized_scheduler": false}'``.
 
@@ -29,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import types
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,26 +47,12 @@ sys.path.insert(0, BENCH)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax import lax  # noqa: E402
 
 import timing  # noqa: E402
 from configs import default  # noqa: E402
-from pe_jax import flops, ops, schemes, sharding, train  # noqa: E402
+from pe_jax import flops, schemes, sharding, train  # noqa: E402
 
 REF = timing.REFERENCE
-
-
-def route_dense_through_flat_dot() -> None:
-    """Make Flax's dense layers call ``ops.flat_dot_general`` (see the module docstring).
-
-    A layer given its own ``dot_general`` (the model's output head) keeps it.
-    """
-    import flax.linen.linear as linear
-
-    flat_lax = types.ModuleType("lax_with_flat_dot_general")
-    flat_lax.__getattr__ = lambda name: getattr(lax, name)  # everything else is lax's
-    flat_lax.dot_general = ops.flat_dot_general
-    linear.lax = flat_lax
 
 
 def reference_config(scheme: str):
@@ -99,7 +82,7 @@ def fixed_batch(shared_positions: bool = False, seed: int = 0) -> dict[str, np.n
 class Ours:
     """One compiled step, train state and device batch per scheme, built on first use."""
 
-    def __init__(self, xla_options: dict | None = None, shared_positions: bool = False,
+    def __init__(self, xla_options: dict | None = None, shared_positions: bool = True,
                  warmup: int = 3):
         self.xla_options = xla_options or {}
         self.shared_positions = shared_positions
@@ -140,15 +123,12 @@ def main() -> None:
     parser.add_argument("--schemes", default=",".join(schemes.names()))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--serve", action="store_true", help="worker mode for bench/run.py")
-    parser.add_argument("--flat_dense", type=int, default=1, help="1: 2-D dense products")
     parser.add_argument("--xla_options", default="{}", help="XLA compiler options, JSON")
-    parser.add_argument("--shared_positions", type=int, default=0,
-                        help="1: positions 1xL, shared by every row (the model must accept it)")
+    parser.add_argument("--shared_positions", type=int, default=1,
+                        help="1: positions 1xL shared by every row (as train.py); 0: BxL")
     parser.add_argument("--root", default=ROOT,
                         help="the pe_jax checkout to time (default: this one)")
     args = parser.parse_args()
-    if args.flat_dense:
-        route_dense_through_flat_dot()
     ours = Ours(json.loads(args.xla_options), bool(args.shared_positions))
     peak = lambda: flops.matmul_flops_per_s(timing.PEAK_SIZE)  # noqa: E731
     if args.serve:

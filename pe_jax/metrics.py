@@ -74,5 +74,7 @@ class Progress:
             parts.append(f"loss {values['loss']:.4f}")
         if "tokens_per_s" in values:
             parts.append(f"| {values['tokens_per_s'] / 1e3:.1f}k tok/s")
+        if "mfu" in values:
+            parts.append(f"MFU {100 * values['mfu']:.0f}%")
         parts.append(f"| elapsed {format_seconds(elapsed)} ETA {format_seconds(eta)}")
         logging.info(" ".join(parts))

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pe_jax import attention, schemes
+from pe_jax import attention, ops, schemes
 from pe_jax.schemes import base
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -41,6 +41,10 @@ ACT_BxLxF = ("activation_batch", "activation_length", "activation_mlp")
 ACT_BxLxV = ("activation_batch", "activation_length", "activation_vocab")
 
 _KERNEL_INIT = nn.initializers.lecun_normal()  # Flax's Dense default
+
+# Dense attention takes the queries in this many blocks, each skipping the key blocks
+# after it (``attend_causal_blocks``); exact, and about a quarter less attention work.
+QUERY_BLOCKS = 2
 
 
 class _LogicalNames(nn.LogicallyPartitioned):
@@ -179,6 +183,44 @@ def attend(
     return out_BxLxHxDh
 
 
+def attend_causal_blocks(
+    q_BxLxHxDh: jax.Array,
+    k_BxKxHxDh: jax.Array,
+    v_BxKxHxDh: jax.Array,
+    pos_BxL: jax.Array,
+    mask_BxLxK: jax.Array,
+    scheme: base.PositionalScheme,
+    layer: int | jax.Array,
+    num_blocks: int,
+) -> jax.Array:
+    """``attend`` with the queries in ``num_blocks`` blocks, each seeing only the keys up
+    to its own end: the key blocks after it hold future keys only, so skipping them
+    changes nothing but the work (about ``(n - 1) / 2n`` of the scores and softmax).
+
+    Needs positions that do not decrease along the sequence within a segment (training
+    windows, sorted random positions and packed rows all qualify; blockwise attention
+    makes the same assumption).
+    """
+    length = q_BxLxHxDh.shape[1]
+    size = length // num_blocks
+    outs = []
+    for i in range(num_blocks):
+        q_slice, k_end = slice(i * size, (i + 1) * size), (i + 1) * size
+        outs.append(attend(
+            q_BxLxHxDh[:, q_slice], k_BxKxHxDh[:, :k_end], v_BxKxHxDh[:, :k_end],
+            pos_BxL[:, q_slice], pos_BxL[:, :k_end], mask_BxLxK[:, q_slice, :k_end],
+            scheme, layer,
+        ))
+    return jnp.concatenate(outs, axis=1)
+
+
+def causal_blocks(length: int, wanted: int) -> int:
+    """The number of query blocks to use for ``length`` (1: plain dense attention)."""
+    if wanted > 1 and length % wanted == 0 and length // wanted >= 32:
+        return wanted
+    return 1
+
+
 class Attention(nn.Module):
     """Self-attention with the scheme's hooks, in one of three modes.
 
@@ -198,6 +240,7 @@ class Attention(nn.Module):
         cfg = self.config
         qkv_BxLx3xHxDh = nn.DenseGeneral(
             (3, cfg.num_heads, cfg.head_dim), use_bias=False, dtype=cfg.dtype, name="qkv",
+            dot_general=ops.flat_dot_general,
             kernel_init=_named(_KERNEL_INIT, ("embed", "qkv", "heads", "kv")),
         )(x_BxLxD)
         q, k, v = (
@@ -210,11 +253,17 @@ class Attention(nn.Module):
         elif block_size:
             hooks = attention.Hooks.from_scheme(self.scheme, self.layer)
             out_BxLxHxDh = attention.blockwise_attend(q, k, v, pos_BxL, pos_BxL, hooks, block_size)
+        elif causal_blocks(q.shape[1], QUERY_BLOCKS) > 1:
+            out_BxLxHxDh = attend_causal_blocks(
+                q, k, v, pos_BxL, mask_BxLxL, self.scheme, self.layer,
+                causal_blocks(q.shape[1], QUERY_BLOCKS),
+            )
         else:
             out_BxLxHxDh = attend(q, k, v, pos_BxL, pos_BxL, mask_BxLxL, self.scheme, self.layer)
         out_BxLxHxDh = nn.with_logical_constraint(out_BxLxHxDh, ACT_BxLxHxDh)
         return nn.DenseGeneral(
             cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.dtype, name="out",
+            dot_general=ops.flat_dot_general,
             kernel_init=_named(_KERNEL_INIT, ("heads", "kv", "embed")),
         )(out_BxLxHxDh)
 
@@ -256,12 +305,14 @@ class Block(nn.Module):
         h = RMSNorm(dtype=cfg.dtype, name="mlp_norm")(x_BxLxD)
         h = nn.Dense(
             cfg.mlp_ratio * cfg.d_model, dtype=cfg.dtype, name="mlp_in",
+            dot_general=ops.flat_dot_general,
             kernel_init=_named(_KERNEL_INIT, ("embed", "mlp")),
             bias_init=_named(nn.initializers.zeros, ("mlp",)),
         )(h)
         h = nn.with_logical_constraint(nn.gelu(h), ACT_BxLxF)
         h = nn.Dense(
             cfg.d_model, dtype=cfg.dtype, name="mlp_out",
+            dot_general=ops.flat_dot_general,
             kernel_init=_named(_KERNEL_INIT, ("mlp", "embed")),
             bias_init=_named(nn.initializers.zeros, ("embed",)),
         )(h)
@@ -294,18 +345,20 @@ class Decoder(nn.Module):
         self.head = nn.Dense(
             cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
             kernel_init=_named(_KERNEL_INIT, ("embed", "vocab")),
-            dot_general=functools.partial(jax.lax.dot_general,
+            dot_general=functools.partial(ops.flat_dot_general,
                                           preferred_element_type=jnp.float32),
         )
 
     def __call__(self, tokens_BxL, pos_BxL, segment_BxL=None, *, block_size: int = 0,
                  decode: bool = False):
-        if tokens_BxL.shape != pos_BxL.shape:
+        if pos_BxL.shape not in (tokens_BxL.shape, (1, tokens_BxL.shape[1])):
             raise ValueError(
-                f"tokens {tokens_BxL.shape} and positions {pos_BxL.shape} differ in shape"
+                f"positions {pos_BxL.shape} must have the shape of the tokens "
+                f"{tokens_BxL.shape} or (1, {tokens_BxL.shape[1]}) (shared by every row)"
             )
         base.check_positions(pos_BxL)
-        pos_BxL = nn.with_logical_constraint(pos_BxL, ACT_BxL)
+        if pos_BxL.shape == tokens_BxL.shape:
+            pos_BxL = nn.with_logical_constraint(pos_BxL, ACT_BxL)
         # The lookup gathers whole rows of a replicated table, so its output is split by
         # batch like the tokens (a gather from a table split along vocab or embed makes
         # XLA replicate and re-split the result).

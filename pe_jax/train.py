@@ -34,7 +34,7 @@ from flax import struct
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec
 
-from pe_jax import data, metrics, model, positions, schemes, sharding
+from pe_jax import data, flops, metrics, model, positions, schemes, sharding
 
 LOSS_SCALES = ("none", "dynamic")
 MAX_LOSS_SCALE = 2.0**24  # growth stops here, so the scale stays finite
@@ -428,6 +428,12 @@ def train_and_evaluate(config, workdir: str, corpus: data.Corpus | None = None) 
     state = jax.device_put(state, shardings)  # a no-op unless params came from elsewhere
 
     template = data.train_batch(corpus.train, 0, config.batch_size, config.seq_len, config.seed)
+    # Every row of a batch holds positions 0..L-1: one row serves them all, so position
+    # tables and biases are computed once per step, not once per row (model.Decoder
+    # broadcasts 1xL positions). Random positions differ per row and stay BxL.
+    shared_positions = not config.get("random_positions", False)
+    if shared_positions:
+        template["positions"] = template["positions"][:1]
     batch_shardings = sharding.batch_shardings(template, mesh, rules)
     step_fn = make_train_step(shardings, batch_shardings, mesh, rules)
     logging.info("mesh %s on %d of %d devices (%d processes)", dict(mesh.shape), mesh.size,
@@ -435,6 +441,10 @@ def train_and_evaluate(config, workdir: str, corpus: data.Corpus | None = None) 
     writer = metrics.Writer(workdir)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     tokens_per_step = config.batch_size * config.seq_len
+    flops_per_token = flops.config_flops_per_token(config)
+    peak_flops = flops.matmul_flops_per_s(repeats=3) * mesh.size  # float32 matmul speed, measured now
+    logging.info("%.1f model MFLOP/token; float32 matmul %.0f GFLOP/s on %d devices",
+                 flops_per_token / 1e6, peak_flops / 1e9, mesh.size)
     logging.info(
         "%s: %s, %d parameters, %d tokens/step, steps %d..%d",
         workdir, config.pe, num_params, tokens_per_step, start, config.num_steps,
@@ -453,6 +463,8 @@ def train_and_evaluate(config, workdir: str, corpus: data.Corpus | None = None) 
                 jax.random.fold_in(position_key, step), config.batch_size, config.seq_len,
                 int(config.random_positions_max),
             ))
+        elif shared_positions:
+            batch["positions"] = batch["positions"][:1]
         state, step_metrics = step_fn(state, sharding.put_batch(batch, batch_shardings))
         window_steps += 1
         done = step + 1
@@ -469,8 +481,10 @@ def train_and_evaluate(config, workdir: str, corpus: data.Corpus | None = None) 
                 "step": done,
                 "loss": loss,
                 "grad_norm": float(step_metrics["grad_norm"]),
-                "tokens_per_s": window_steps * tokens_per_step / elapsed,
             }
+            if window_steps:  # none timed yet when the log falls on the compiling step
+                last["tokens_per_s"] = window_steps * tokens_per_step / elapsed
+                last["mfu"] = last["tokens_per_s"] * flops_per_token / peak_flops
             if "loss_scale" in step_metrics:
                 last["loss_scale"] = float(step_metrics["loss_scale"])
             writer.write(done, last)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from pe_jax import flops, ops
+from pe_jax import flops, model, ops, schemes
+from tests import helpers
 from pe_jax.schemes import fire, rope
 
 
@@ -96,3 +97,42 @@ def test_train_flops_per_token_reference_config():
     # d 256, 4 layers, L 256, V 256, MLP 4x: weights 4 * 12 * 256^2 + 256 * 256 = 3,211,264;
     # 6 N = 19,267,584 plus attention 12 * 4 * 256 * 256 = 3,145,728.
     assert flops.train_flops_per_token(256, 4, 256, 256, 4) == 22_413_312
+
+
+@pytest.mark.parametrize("name", schemes.names())
+def test_shared_positions_and_causal_query_blocks_change_nothing(name, monkeypatch):
+    """Two exact shortcuts of the training step, for every scheme:
+
+    - positions given once as ``1xL`` for the whole batch (tables and biases computed once)
+      equal the same positions repeated for every row;
+    - dense attention in ``model.QUERY_BLOCKS`` query blocks that skip the key blocks after
+      them equals one block (64 tokens: two blocks of 32, the smallest that are split).
+    """
+    cfg = helpers.tiny_config(name, seq_len=64)
+    decoder, params, tokens, positions = helpers.init(cfg, length=64, batch=3)
+
+    def loss_and_grad(pos, blocks):
+        monkeypatch.setattr(model, "QUERY_BLOCKS", blocks)
+        fn = jax.jit(jax.value_and_grad(
+            lambda p: jnp.mean(decoder.apply({"params": p}, tokens, pos) ** 2)
+        ))
+        return fn(params)
+
+    def assert_same(actual, expected):
+        # One absolute floor for the whole gradient: a parameter whose gradient is zero up
+        # to rounding (FIRE's threshold, below it) must not demand relative agreement.
+        floor = 1e-5 * max(float(np.abs(e).max()) for e in jax.tree.leaves(expected))
+        for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=floor)
+
+    # Both shortcuts at once (one compilation fewer per scheme); a failure is then split
+    # by rerunning with either one alone.
+    assert_same(loss_and_grad(positions[:1], 2), loss_and_grad(positions, 1))
+    assert model.causal_blocks(64, 2) == 2 and model.causal_blocks(48, 2) == 1
+
+
+def test_positions_of_another_batch_size_are_refused():
+    cfg = helpers.tiny_config("rope")
+    decoder, params, tokens, positions = helpers.init(cfg, batch=3)
+    with pytest.raises(ValueError, match=r"\(2, 16\)"):
+        decoder.apply({"params": params}, tokens, positions[:2])

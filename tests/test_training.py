@@ -54,7 +54,12 @@ def test_two_steps_then_resume_continues_from_the_checkpoint(tmp_path, corpus, c
     for a, b in zip(jax_leaves(state4.params), jax_leaves(state_straight.params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # identical math, same order
     lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("tokens_per_s" in x for x in lines)
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    # Throughput and MFU (against the float32 matmul speed measured at the start) are
+    # logged for timed steps; the first step of each run compiles and is not timed.
+    timed = [x for x in lines if "tokens_per_s" in x]
+    assert [x["step"] for x in timed] == [2, 4]
+    assert all(x["tokens_per_s"] > 0 and 0.0 < x["mfu"] <= 1.0 for x in timed), timed
 
 
 def jax_leaves(tree):

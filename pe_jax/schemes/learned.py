@@ -57,7 +57,7 @@ class LearnedAbsolute(base.PositionalScheme):
         if pos_BxL.shape[-1] > self.table_size:
             self.check_length(pos_BxL.shape[-1] - 1)
         if not isinstance(pos_BxL, jax.core.Tracer):
-            self.check_length(int(np.max(pos_BxL)))
+            self.check_length(int(np.asarray(pos_BxL).max()))  # host copy: no trace
         return jnp.take(
             self.table_TxD, pos_BxL, axis=0, mode="fill", fill_value=jnp.nan
         )
