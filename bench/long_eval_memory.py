@@ -6,8 +6,10 @@ For each scheme a fresh process builds the main job's default model (configs/def
 parameters from --workdir=<compare workdir>/<scheme> when given, random otherwise:
 memory does not depend on the values), then scores one window of each length, shortest
 first, with blockwise attention, and reads its own peak RSS after each length (the peak
-is monotone, and lengths rise, so each figure is that length's peak). Prints a table and
-writes bench/long_eval_memory.json.
+is monotone, and lengths rise, so each figure is that length's peak). The learned table
+is sized to the longest length (its default, the training length, refuses longer ones).
+Prints a table and writes bench/long_eval_memory.json; ``--merge`` keeps the rows of
+schemes not measured in this call.
 """
 
 import argparse
@@ -32,6 +34,8 @@ def child(scheme: str, lengths: list[int], block: int, workdir: str | None) -> N
 
     config = default.get_config()
     config.pe = scheme
+    if scheme == "learned":  # its table must reach the longest length (default: 128)
+        config.learned_max_len = max(lengths)
     if workdir:
         from pe_jax import evaluate
 
@@ -66,6 +70,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=512)
     parser.add_argument("--workdir", default="", help="a compare workdir with trained runs")
     parser.add_argument("--child", default="")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other schemes' rows of an existing json")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     if args.child:
@@ -92,7 +98,12 @@ def main() -> None:
                 r = rows[-1]
                 print(f"{r['scheme']:>18} {r['length']:>6}: peak RSS {r['peak_rss_mib']:7.0f} MiB"
                       f"  {r['seconds']:6.1f} s  loss {r['loss']:.3f}", flush=True)
-    with open(os.path.join(ROOT, "bench", "long_eval_memory.json"), "w") as f:
+    out = os.path.join(ROOT, "bench", "long_eval_memory.json")
+    if args.merge and os.path.exists(out):
+        with open(out) as f:
+            rows = [r for r in json.load(f) if r["scheme"] not in names] + rows
+        names = list(dict.fromkeys(r["scheme"] for r in rows))
+    with open(out, "w") as f:
         json.dump(rows, f, indent=1)
 
     print("\n| scheme | " + " | ".join(f"{n // 1024}K" for n in lengths) + " |")

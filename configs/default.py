@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.rope_max_position_embeddings = 0  # context the scaling rules measure against (0 = seq_len)
     c.sin_base = 10000.0  # sinusoidal base
     c.sin_layout = "interleaved"  # "interleaved" (paper) or "concat"
+    # rope / sinusoidal: "float32" always; "bfloat16" builds angles and tables in bfloat16,
+    # a fault other code has shipped, kept only to measure it (report.py, claim 24).
+    c.pe_table_dtype = "float32"
     c.learned_max_len = 0  # rows of the learned table (0 = seq_len)
     c.t5_num_buckets = 32  # T5 relative buckets
     c.t5_max_distance = 128  # T5: distances past this share the last bucket

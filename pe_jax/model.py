@@ -374,7 +374,11 @@ class Decoder(nn.Module):
         # Blockwise attention builds its masks per block: no L x L array at all.
         mask_BxLxL = None if block_size or decode else causal_mask(pos_BxL, pos_BxL, segment_BxL)
         for block in self.blocks:
+            # The residual stream entering each block, and leaving the last one: kept only
+            # when the caller makes "intermediates" mutable (the depth probe), else free.
+            self.sow("intermediates", "residual", x_BxLxD)
             x_BxLxD = block(x_BxLxD, pos_BxL, mask_BxLxL, block_size, decode)
+        self.sow("intermediates", "residual", x_BxLxD)
         x_BxLxD = self.final_norm(x_BxLxD)
         return nn.with_logical_constraint(self.head(x_BxLxD).astype(jnp.float32), ACT_BxLxV)
 

@@ -287,6 +287,21 @@ max_to_keep=2, create=True),
     )
 
 
+def _with_new_option_defaults(stored: dict[str, Any], config) -> dict[str, Any]:
+    """A stored signature whose scheme options lack fields added since: those fields
+    take their defaults (the behaviour the run was trained with), so that a workdir made
+    before an option existed still resumes and evaluates."""
+    options = schemes.get(config.pe).make_options(config)
+    if options is None or "pe_options" not in stored or stored.get("pe") != config.pe:
+        return stored
+    try:
+        defaults = dataclasses.asdict(type(options)())
+    except TypeError:  # an options class with required fields: nothing to fill
+        return stored
+    defaults = json.loads(json.dumps(defaults, default=str))
+    return {**stored, "pe_options": {**defaults, **stored["pe_options"]}}
+
+
 def _check_workdir(workdir: str, config) -> None:
     """Write the run signature on first use; refuse a workdir of another run.
 
@@ -297,7 +312,7 @@ def _check_workdir(workdir: str, config) -> None:
     signature = run_signature(config)
     if os.path.exists(path):
         with open(path) as f:
-            stored = json.load(f)
+            stored = _with_new_option_defaults(json.load(f), config)
         differing = sorted(
             k for k in set(stored) | set(signature) if stored.get(k) != signature.get(k)
         )

@@ -215,3 +215,56 @@ def test_float16_step_at_the_initial_scale_updates_float32_params(float16_steps)
 def test_loss_scale_joins_the_run_signature_only_when_dynamic():
     assert "loss_scale" not in train.run_signature(_tiny(loss_scale="none"))
     assert train.run_signature(_tiny())["loss_scale"] == "dynamic"
+
+
+# ---------------------------------------------------------------------------------------
+# pe_table_dtype="bfloat16": the shipped fault, reproduced on purpose for claim 24.
+
+
+def test_bf16_built_rope_tables_equal_the_audits_naive_bf16_tables():
+    from pe_jax.schemes import rope
+
+    pos_P = np.arange(4096)
+    inv_K = precision.inverse_frequencies(64)
+    cos, sin = rope.cos_sin(jnp.asarray(pos_P)[None], jnp.asarray(inv_K, jnp.float32),
+                            "half", 1.0, "bfloat16")
+    ref_cos, ref_sin = precision.cos_sin(pos_P, inv_K, "naive_bf16")
+    # Same bf16 angle; cos/sin rounded to bf16 from float32 here, float64 there: one ulp.
+    np.testing.assert_allclose(np.asarray(cos[0, :, 0, :32]), ref_cos, atol=2**-8)
+    np.testing.assert_allclose(np.asarray(sin[0, :, 0, :32]), ref_sin, atol=2**-8)
+    rows = np.concatenate([np.asarray(cos[0, :, 0]), np.asarray(sin[0, :, 0])], axis=-1)
+    assert len(np.unique(rows, axis=0)) <= 769  # bf16 positions: at most 769 distinct rows
+    f32 = np.asarray(rope.cos_sin(jnp.asarray(pos_P)[None], jnp.asarray(inv_K, jnp.float32),
+                                  "half")[0][0, :, 0])
+    assert len(np.unique(f32, axis=0)) == 4096
+
+
+def test_bf16_built_sinusoidal_table_rounds_the_angle():
+    from pe_jax.schemes import sinusoidal
+
+    pos_P = np.arange(300, 310)
+    code = np.asarray(sinusoidal.table(jnp.asarray(pos_P)[None], 8, table_dtype="bfloat16"))[0]
+    angle = precision.angles(pos_P, precision.inverse_frequencies(8), "naive_bf16")
+    np.testing.assert_allclose(code[:, 0::2], np.sin(angle), atol=2**-8)
+    # bfloat16 holds only even integers in [256, 512); ties go to the even mantissa:
+    # 301 -> 300 and 303 -> 304, so those rows repeat their neighbours' codes.
+    assert np.array_equal(code[0], code[1]) and np.array_equal(code[3], code[4])
+    assert not np.array_equal(code[1], code[2])
+
+
+@pytest.mark.parametrize("pe", ["rope", "sinusoidal"])
+def test_table_dtype_is_checked_and_old_run_signatures_still_match(pe, tmp_path):
+    config = default_config.get_config()
+    config.pe = pe
+    config.pe_table_dtype = "float16"
+    with pytest.raises(ValueError, match="float16"):
+        train.run_signature(config)
+    # A workdir written before the option existed holds no table_dtype: it matches float32.
+    config.pe_table_dtype = "float32"
+    signature = train.run_signature(config)
+    del signature["pe_options"]["table_dtype"]
+    (tmp_path / "run.json").write_text(__import__("json").dumps(signature))
+    train._check_workdir(str(tmp_path), config)
+    config.pe_table_dtype = "bfloat16"
+    with pytest.raises(ValueError, match="table_dtype"):
+        train._check_workdir(str(tmp_path), config)

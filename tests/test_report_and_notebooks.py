@@ -11,9 +11,9 @@ from pe_jax import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = ("01_quickstart.ipynb", "02_new_scheme.ipynb", "03_precision_and_extension.ipynb")
-SECTIONS = ("## Extrapolation", "## Relative ability", "## Low precision",
-            "## RoPE long-term decay", "## Context extension", "## Cost",
-            "## Summary table, measured")
+SECTIONS = ("## Extrapolation", "## Relative ability", "## Depth", "## Low precision",
+            "### Training with bfloat16-built tables", "## RoPE long-term decay",
+            "## Context extension", "## Cost", "## Summary table, measured")
 VERDICT = re.compile(r"\*\*Verdict: (held|did not hold at this scale|not measured)\*\*"
                      r"|\*\*Verdict: (held|did not hold at this scale|not measured)[ (]")
 
@@ -27,7 +27,8 @@ def test_quick_report_has_every_section_computed_verdicts_and_figures(tmp_path):
     assert all(VERDICT.search(line) for line in verdicts), verdicts
     # Claims 1-5, 16, 20 (extrapolation), relative ability, 22-23, 8-9, 6.
     claims = sorted({m for line in verdicts for m in re.findall(r"Claim (\d+)", line)}, key=int)
-    assert claims == ["1", "2", "3", "4", "5", "6", "8", "9", "16", "20", "22", "23"]
+    assert claims == ["1", "2", "3", "4", "5", "6", "8", "9", "16", "17", "20", "22", "23", "24"]
+    assert any("Additive codes fade through depth** (" in line for line in verdicts)
     assert any("Relative ability** —" in line for line in verdicts)
     # The pure claims do not depend on training: their verdicts are fixed facts.
     for number in ("22", "23", "8"):
@@ -35,7 +36,8 @@ def test_quick_report_has_every_section_computed_verdicts_and_figures(tmp_path):
         assert "Verdict: held" in line, line
     # Quick mode runs sinusoidal and ALiBi: relative ability is measured for both.
     assert "| sinusoidal | +100 |" in text and "| alibi | +100 |" in text
-    for png in ("extrapolation.png", "audit.png", "rope_decay.png", "cost.png"):
+    for png in ("extrapolation.png", "audit.png", "rope_decay.png", "cost.png",
+                "depth_probe.png", "precision_positions.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
     assert "not measured: no `extension.md`" in text
 

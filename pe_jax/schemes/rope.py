@@ -33,6 +33,7 @@ from pe_jax import scaling
 from pe_jax.schemes import base
 
 LAYOUTS = ("half", "interleaved")
+TABLE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,16 @@ class RopeOptions:
     layout: str = "half"
     fraction: float = 1.0
     scaling: scaling.RopeScaling = scaling.RopeScaling()
+    # "float32" (always, in practice). "bfloat16" reproduces a fault other code has
+    # shipped, for the report's precision experiment: positions, angles, cos and sin
+    # all built in bfloat16 (see pe_jax/precision.py).
+    table_dtype: str = "float32"
 
     def __post_init__(self):
+        if self.table_dtype not in TABLE_DTYPES:
+            raise ValueError(
+                f"pe_table_dtype must be one of {TABLE_DTYPES}, got {self.table_dtype!r}"
+            )
         if self.layout not in LAYOUTS:
             raise ValueError(f"rope_layout must be one of {LAYOUTS}, got {self.layout!r}")
         if not 0.0 < self.fraction <= 1.0:
@@ -63,16 +72,22 @@ def rotary_dim(head_dim: int, fraction: float = 1.0) -> int:
 
 
 def cos_sin(
-    pos_BxL: jax.Array, inv_freq_K: jax.Array, layout: str, attention_factor=1.0
+    pos_BxL: jax.Array, inv_freq_K: jax.Array, layout: str, attention_factor=1.0,
+    table_dtype: str = "float32",
 ) -> tuple[jax.Array, jax.Array]:
-    """float32 cos and sin ``BxLx1xd`` laid out to match ``layout``."""
-    angle_BxLxK = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_K.astype(jnp.float32)
+    """float32 cos and sin ``BxLx1xd`` laid out to match ``layout``.
+
+    ``table_dtype="bfloat16"`` builds them in bfloat16 instead (the fault the precision
+    experiment measures) and returns them widened to float32.
+    """
+    dtype = jnp.dtype(table_dtype)
+    angle_BxLxK = pos_BxL.astype(dtype)[..., None] * inv_freq_K.astype(dtype)
     if layout == "half":
         angle_BxLxd = jnp.concatenate([angle_BxLxK, angle_BxLxK], axis=-1)
     else:
         angle_BxLxd = jnp.repeat(angle_BxLxK, 2, axis=-1)
-    cos = jnp.cos(angle_BxLxd) * attention_factor
-    sin = jnp.sin(angle_BxLxd) * attention_factor
+    cos = jnp.cos(angle_BxLxd).astype(jnp.float32) * attention_factor
+    sin = jnp.sin(angle_BxLxd).astype(jnp.float32) * attention_factor
     return cos[:, :, None, :], sin[:, :, None, :]
 
 
@@ -174,8 +189,8 @@ class Rope(base.PositionalScheme):
         inv_freq_K, factor = scaling.inv_freq_and_scale(d_rot, opts.theta, opts.scaling, seq_len)
 
         def tables():
-            return (cos_sin(q_pos_BxL, inv_freq_K, opts.layout, factor),
-                    cos_sin(k_pos_BxK, inv_freq_K, opts.layout, factor))
+            return (cos_sin(q_pos_BxL, inv_freq_K, opts.layout, factor, opts.table_dtype),
+                    cos_sin(k_pos_BxK, inv_freq_K, opts.layout, factor, opts.table_dtype))
 
         # Computed once and stored: a conditional is a fusion boundary for XLA, which would
         # otherwise recompute cos and sin inside every consumer, for every head (measured on
@@ -199,6 +214,7 @@ def options_from_config(config) -> RopeOptions:
         theta=float(base.config_get(config, "rope_theta", 10000.0)),
         layout=base.config_get(config, "rope_layout", "half"),
         fraction=float(base.config_get(config, "rope_fraction", 1.0)),
+        table_dtype=str(base.config_get(config, "pe_table_dtype", "float32")),
         scaling=scaling.from_hf(
             rope_scaling or None,
             # The context the rules measure against: the training length, unless a

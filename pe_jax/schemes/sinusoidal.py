@@ -17,14 +17,20 @@ import jax.numpy as jnp
 from pe_jax.schemes import base
 
 LAYOUTS = ("interleaved", "concat")
+TABLE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
 class SinusoidalOptions:
     base: float = 10000.0
     layout: str = "interleaved"
+    table_dtype: str = "float32"  # "bfloat16": the shipped fault, for the precision report
 
     def __post_init__(self):
+        if self.table_dtype not in TABLE_DTYPES:
+            raise ValueError(
+                f"pe_table_dtype must be one of {TABLE_DTYPES}, got {self.table_dtype!r}"
+            )
         if self.layout not in LAYOUTS:
             raise ValueError(f"sin_layout must be one of {LAYOUTS}, got {self.layout!r}")
         if not self.base > 1.0:
@@ -40,11 +46,14 @@ def frequencies(d_model: int, base: float = 10000.0) -> jax.Array:
 
 
 def table(
-    pos_BxL: jax.Array, d_model: int, base: float = 10000.0, layout: str = "interleaved"
+    pos_BxL: jax.Array, d_model: int, base: float = 10000.0, layout: str = "interleaved",
+    table_dtype: str = "float32",
 ) -> jax.Array:
-    """The float32 code ``BxLxD`` for integer positions."""
-    angle_BxLxK = pos_BxL.astype(jnp.float32)[..., None] * frequencies(d_model, base)
-    sin, cos = jnp.sin(angle_BxLxK), jnp.cos(angle_BxLxK)
+    """The float32 code ``BxLxD`` for integer positions (built in ``table_dtype``)."""
+    dtype = jnp.dtype(table_dtype)
+    angle_BxLxK = pos_BxL.astype(dtype)[..., None] * frequencies(d_model, base).astype(dtype)
+    sin = jnp.sin(angle_BxLxK).astype(jnp.float32)
+    cos = jnp.cos(angle_BxLxK).astype(jnp.float32)
     if layout == "interleaved":
         return jnp.stack([sin, cos], axis=-1).reshape(*pos_BxL.shape, d_model)
     return jnp.concatenate([sin, cos], axis=-1)
@@ -56,13 +65,14 @@ class Sinusoidal(base.PositionalScheme):
     def embed(self, pos_BxL: jax.Array) -> jax.Array:
         base.check_positions(pos_BxL)
         opts = self.options or SinusoidalOptions()
-        return table(pos_BxL, self.dims.d_model, opts.base, opts.layout)
+        return table(pos_BxL, self.dims.d_model, opts.base, opts.layout, opts.table_dtype)
 
 
 def _options(config) -> SinusoidalOptions:
     return SinusoidalOptions(
         base=float(base.config_get(config, "sin_base", 10000.0)),
         layout=base.config_get(config, "sin_layout", "interleaved"),
+        table_dtype=str(base.config_get(config, "pe_table_dtype", "float32")),
     )
 
 
