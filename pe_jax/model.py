@@ -131,6 +131,20 @@ class RMSNorm(nn.Module):
         return (x32 * scale_D).astype(self.dtype)
 
 
+def lexicographic_leq(a_Ax: jax.Array, b_Ax: jax.Array) -> jax.Array:
+    """``a <= b`` in lexicographic order over the leading axis (broadcasting the rest).
+
+    M-RoPE's ``(t, h, w)`` ids (``schemes.mrope.position_ids``) increase in this order
+    along the sequence: text runs on every axis, an image block row-major over its grid,
+    the text after it from one past the largest id. So the order is the token order, and
+    the causal mask needs no other array.
+    """
+    result = a_Ax[-1] <= b_Ax[-1]
+    for axis in range(a_Ax.shape[0] - 2, -1, -1):
+        result = (a_Ax[axis] < b_Ax[axis]) | ((a_Ax[axis] == b_Ax[axis]) & result)
+    return result
+
+
 def causal_mask(q_pos_BxL: jax.Array, k_pos_BxK: jax.Array, segment_BxL=None, k_segment_BxK=None):
     """``True`` where query ``i`` may attend to key ``j``: ``pos_j <= pos_i``.
 
@@ -138,7 +152,10 @@ def causal_mask(q_pos_BxL: jax.Array, k_pos_BxK: jax.Array, segment_BxL=None, k_
     carries a position past every query) and sorted randomized positions. Packed rows
     pass segment ids, and keys of another segment are hidden.
     """
-    mask_BxLxK = k_pos_BxK[:, None, :] <= q_pos_BxL[:, :, None]
+    if q_pos_BxL.ndim == 3:  # (t, h, w) ids of M-RoPE: ordered lexicographically
+        mask_BxLxK = lexicographic_leq(k_pos_BxK[:, :, None, :], q_pos_BxL[:, :, :, None])
+    else:
+        mask_BxLxK = k_pos_BxK[:, None, :] <= q_pos_BxL[:, :, None]
     if segment_BxL is not None:
         k_segment_BxK = segment_BxL if k_segment_BxK is None else k_segment_BxK
         mask_BxLxK &= segment_BxL[:, :, None] == k_segment_BxK[:, None, :]
@@ -208,7 +225,7 @@ def attend_causal_blocks(
         q_slice, k_end = slice(i * size, (i + 1) * size), (i + 1) * size
         outs.append(attend(
             q_BxLxHxDh[:, q_slice], k_BxKxHxDh[:, :k_end], v_BxKxHxDh[:, :k_end],
-            pos_BxL[:, q_slice], pos_BxL[:, :k_end], mask_BxLxK[:, q_slice, :k_end],
+            pos_BxL[..., q_slice], pos_BxL[..., :k_end], mask_BxLxK[:, q_slice, :k_end],
             scheme, layer,
         ))
     return jnp.concatenate(outs, axis=1)
@@ -351,12 +368,17 @@ class Decoder(nn.Module):
 
     def __call__(self, tokens_BxL, pos_BxL, segment_BxL=None, *, block_size: int = 0,
                  decode: bool = False):
-        if pos_BxL.shape not in (tokens_BxL.shape, (1, tokens_BxL.shape[1])):
-            raise ValueError(
-                f"positions {pos_BxL.shape} must have the shape of the tokens "
-                f"{tokens_BxL.shape} or (1, {tokens_BxL.shape[1]}) (shared by every row)"
-            )
-        base.check_positions(pos_BxL)
+        axes = self.scheme.position_axes
+        if axes > 1 and pos_BxL.ndim == 3:  # M-RoPE's (t, h, w) ids: 3xBxL
+            _check_axis_positions(self.config, axes, tokens_BxL, pos_BxL, block_size, decode)
+        else:
+            if pos_BxL.shape not in (tokens_BxL.shape, (1, tokens_BxL.shape[1])):
+                raise ValueError(
+                    f"positions {pos_BxL.shape} must have the shape of the tokens "
+                    f"{tokens_BxL.shape} or (1, {tokens_BxL.shape[1]}) (shared by every row)"
+                    + (f", or ({axes}, batch, length) for {self.config.pe}" if axes > 1 else "")
+                )
+            base.check_positions(pos_BxL)
         if pos_BxL.shape == tokens_BxL.shape:
             pos_BxL = nn.with_logical_constraint(pos_BxL, ACT_BxL)
         # The lookup gathers whole rows of a replicated table, so its output is split by
@@ -381,6 +403,23 @@ class Decoder(nn.Module):
         self.sow("intermediates", "residual", x_BxLxD)
         x_BxLxD = self.final_norm(x_BxLxD)
         return nn.with_logical_constraint(self.head(x_BxLxD).astype(jnp.float32), ACT_BxLxV)
+
+
+def _check_axis_positions(config, axes, tokens_BxL, pos_AxBxL, block_size, decode):
+    batch, length = tokens_BxL.shape
+    if pos_AxBxL.shape not in ((axes, batch, length), (axes, 1, length)):
+        raise ValueError(
+            f"{config.pe} positions {pos_AxBxL.shape} must have shape ({axes}, {batch}, "
+            f"{length}) or ({axes}, 1, {length}) for tokens {tokens_BxL.shape}"
+        )
+    if not jnp.issubdtype(pos_AxBxL.dtype, jnp.integer):
+        raise ValueError(f"positions must be an integer array, got dtype {pos_AxBxL.dtype}")
+    if block_size or decode:
+        raise ValueError(
+            f"{axes}-axis positions {pos_AxBxL.shape} are supported by dense attention only "
+            f"(block_size={block_size}, decode={decode}); decode text with (batch, length) "
+            "positions"
+        )
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int) -> dict:

@@ -26,6 +26,7 @@ import pytest
 
 from pe_jax import model, positions, schemes
 from pe_jax.schemes import fire, kerple, mrope, rope, scaled_sinusoidal, sinusoidal, xpos
+from tests import helpers
 
 NEW_SCHEMES = ("xpos", "scaled_sinusoidal", "kerple_log", "kerple_power", "fire", "mrope")
 RELATIVE_SCHEMES = ("xpos", "kerple_log", "kerple_power", "fire", "mrope")
@@ -780,3 +781,60 @@ def test_random_positions_under_jit_with_static_sizes():
         draw(jax.random.PRNGKey(5), 4, 8, 64),
         positions.random_positions(jax.random.PRNGKey(5), 4, 8, 64),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# M-RoPE ids through the whole model (3xBxL positions, dense attention).
+
+
+def _mrope_model(length=12, batch=2):
+    cfg = helpers.tiny_config("mrope", seq_len=length)
+    decoder, params, tokens, positions = helpers.init(cfg, length=length, batch=batch)
+    return cfg, decoder, params, tokens, positions
+
+
+def test_decoder_with_three_axis_text_ids_equals_plain_positions():
+    _, decoder, params, tokens, positions = _mrope_model()
+    ids_3xBxL = jnp.broadcast_to(positions[None], (3, *positions.shape))
+    np.testing.assert_array_equal(
+        np.asarray(decoder.apply({"params": params}, tokens, ids_3xBxL)),
+        np.asarray(decoder.apply({"params": params}, tokens, positions)),
+    )
+
+
+def test_decoder_with_image_ids_is_causal_in_token_order():
+    """Text, a 2x3 image grid, text: the lexicographic (t, h, w) mask is the token order,
+    so no output depends on a later token (the image's patches share t, and a mask on t
+    alone would let them see each other)."""
+    from pe_jax.schemes import mrope
+
+    ids_3xL, _ = mrope.position_ids([3, (1, 2, 3), 3])
+    length = ids_3xL.shape[1]
+    cfg, decoder, params, tokens, _ = _mrope_model(length=length, batch=1)
+    ids = jnp.asarray(ids_3xL)[:, None, :]
+    embeddings = params["embed"]["embedding"]
+
+    def output_at(t, table):
+        p = dict(params, embed={"embedding": table})
+        return jnp.sum(decoder.apply({"params": p}, tokens, ids)[0, t])
+
+    for t in (3, 5, 8):  # first patch, a middle patch, the last patch of the image
+        grad = jax.grad(output_at, argnums=1)(t, embeddings)
+        later = np.setdiff1d(np.asarray(tokens[0, t + 1:]), np.asarray(tokens[0, : t + 1]))
+        assert np.all(np.asarray(grad)[later] == 0.0), t
+    logits = decoder.apply({"params": params}, tokens, ids)
+    chex.assert_shape(logits, (1, length, 256))
+    chex.assert_tree_all_finite(logits)
+
+
+def test_three_axis_ids_are_refused_by_other_schemes_and_by_blockwise_attention():
+    _, decoder, params, tokens, positions = _mrope_model()
+    ids = jnp.broadcast_to(positions[None], (3, *positions.shape))
+    with pytest.raises(ValueError, match="dense attention only"):
+        decoder.apply({"params": params}, tokens, ids, block_size=4)
+    with pytest.raises(ValueError, match=r"\(3, 2, 12\)"):
+        decoder.apply({"params": params}, tokens, ids[:, :, :6])
+    cfg = helpers.tiny_config("rope")
+    rope_decoder, rope_params, tokens, positions = helpers.init(cfg)
+    with pytest.raises(ValueError, match="positions"):
+        rope_decoder.apply({"params": rope_params}, tokens, positions[None].repeat(3, 0))

@@ -54,6 +54,8 @@ class PositionalScheme(nn.Module):
 
     # Class-level facts the rest of the library may read without instantiating.
     enters_at: ClassVar[tuple[str, ...]] = ()  # of embed, rotate, bias, logits, values
+    # Axes of a token's position: 1 (BxL, every scheme); M-RoPE also takes 3xBxL (t, h, w).
+    position_axes: ClassVar[int] = 1
     # False when a logit hook couples all keys of a row, so that blockwise attention
     # must give it whole rows (CoPE).
     key_blocks_independent: ClassVar[bool] = True

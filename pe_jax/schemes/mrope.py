@@ -27,8 +27,11 @@ Axial 2-D RoPE (``axial_rope``) rotates the first half of the rotated dims by th
 (x) positions and the second half by the row (y) positions, each half a complete RoPE of
 its own width (its own frequencies over ``Dr / 2``, half-split inside the half).
 
-The model (``pe_jax.model.Decoder``) passes ``BxL`` positions only; feeding ``3xBxL`` ids
-through it needs a model that carries them (the mask would use the temporal axis).
+The model (``pe_jax.model.Decoder``) takes either ordinary ``BxL`` positions (text) or
+the ``3xBxL`` ids, with dense attention; its causal mask then orders tokens by their ids
+lexicographically over (t, h, w), which for ``position_ids``'s output is the token order.
+Blockwise evaluation and cached decoding take ``BxL`` positions only (they refuse 3-axis
+ids with a clear error).
 """
 
 from __future__ import annotations
@@ -229,6 +232,7 @@ class MropeOptions:
 
 class Mrope(base.PositionalScheme):
     enters_at = ("rotate",)
+    position_axes = NUM_AXES  # the model also accepts 3xBxL (t, h, w) ids
 
     def _opts(self) -> MropeOptions:
         return self.options or MropeOptions()
