@@ -30,10 +30,15 @@ class CachedDecoder:
             raise ValueError(f"batch and max_len must be positive, got {batch}, {max_len}")
         self.config, self.params, self.max_len = config, params, max_len
         self.decoder = model.Decoder(config)
-        self.cache = model.init_cache(config, batch, max_len)
+        # Distinct buffers for every leaf (init_cache may share one array of zeros between
+        # layers), since the step donates them all.
+        self.cache = jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                  model.init_cache(config, batch, max_len))
         self.index = 0
 
-    @functools.partial(jax.jit, static_argnums=0)
+    # The cache is donated: XLA writes the new keys and values into it in place instead
+    # of copying every slot each step (the old cache is never read again).
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
     def _step(self, params, cache, tokens_BxS, pos_BxS):
         logits, variables = self.decoder.apply(
             {"params": params, "cache": cache}, tokens_BxS, pos_BxS, decode=True,
