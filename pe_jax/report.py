@@ -79,7 +79,8 @@ def report_config(quick: bool, schemes: str = "", seeds: str = "") -> ml_collect
         c.report_schemes = ",".join(QUICK_SCHEMES)
         c.report_seeds = "0"
         c.report_probe_windows = 4
-        c.report_precision = dict(seq_len=32, batch_size=4, num_steps=4, windows=2)
+        c.report_precision = dict(seq_len=32, batch_size=4, num_steps=4, windows=2,
+                                  schemes="rope")
     else:
         c.update(dict(num_steps=200, warmup_steps=20, checkpoint_every=100, log_every=25,
                       eval_tokens=4096, eval_batch_tokens=16384))
@@ -87,7 +88,8 @@ def report_config(quick: bool, schemes: str = "", seeds: str = "") -> ml_collect
         c.report_seeds = "0,1,2"
         c.report_probe_windows = 64  # 8192 tokens: 4096 fit the probe, 4096 score it
         # Claim 24 needs positions past 256: four bfloat16 runs at L = 512.
-        c.report_precision = dict(seq_len=512, batch_size=8, num_steps=200, windows=32)
+        c.report_precision = dict(seq_len=512, batch_size=8, num_steps=200, windows=32,
+                                  schemes=",".join(PRECISION_SCHEMES))
     c.report_schemes = schemes or c.report_schemes
     c.report_seeds = seeds or c.report_seeds
     return c
@@ -196,7 +198,7 @@ def table_precision_runs(config, workdir: str, corpus: data.Corpus) -> dict:
     opts = config.report_precision
     L = int(opts.seq_len)
     out: dict[str, dict[str, list[float]]] = {}
-    for scheme in PRECISION_SCHEMES:
+    for scheme in _names(opts.schemes):
         out[scheme] = {}
         for table in TABLE_DTYPES:
             sub = _run_config(config, scheme, int(_names(config.report_seeds)[0]))
@@ -816,7 +818,7 @@ def run(workdir: str, quick: bool = False, corpus: data.Corpus | None = None,
     gaps = precision_gaps(by_position)
     plot_positions(by_position, os.path.join(workdir, "precision_positions.png"))
     md += ["### Training with bfloat16-built tables", "",
-           f"Claim 24: {', '.join(PRECISION_SCHEMES)} trained with bfloat16 compute at L = "
+           f"Claim 24: {', '.join(by_position)} trained with bfloat16 compute at L = "
            f"{popts.seq_len} ({popts.num_steps} steps of {popts.batch_size} sequences, seed "
            f"{seeds[0]}), once with pe_jax's float32 tables and once with tables built in "
            "bfloat16 (`pe_table_dtype=bfloat16`, the fault), each scored with its own "

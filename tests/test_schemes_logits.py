@@ -96,16 +96,6 @@ HOOK_OPTIONS = {"shaw": {"shaw_clip": 3, "shaw_values": True},
 
 
 @pytest.mark.parametrize("name", SCHEMES)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_decoder_logits_are_float32_and_finite_for_float32_and_bfloat16(name, dtype):
-    decoder, params, tokens, positions, apply = _model(name, dtype)
-    logits = apply({"params": params}, tokens, positions)
-    chex.assert_shape(logits, (2, LENGTH, 256))
-    chex.assert_type(logits, jnp.float32)
-    chex.assert_tree_all_finite(logits)
-
-
-@pytest.mark.parametrize("name", SCHEMES)
 def test_hook_returns_float32_logits_for_bfloat16_q_and_k(name):
     module, variables = _scheme(name, DIMS)
     rng = np.random.default_rng(0)
@@ -173,23 +163,6 @@ def test_model_logits_unchanged_when_all_positions_shift_by_a_constant(name):
     # change allowed is float32 noise; in practice the results are identical.
     np.testing.assert_allclose(apply({"params": params}, tokens, shifted), reference,
                                atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("name", SCHEMES)
-def test_loss_at_t_has_no_gradient_from_later_inputs(name):
-    _, params, _, positions, apply = _model(name)
-    # Each position holds a different token, so the embedding row of token s is the
-    # input at position s and nothing else.
-    tokens = jnp.broadcast_to(jnp.arange(LENGTH, dtype=jnp.int32) * 3, positions.shape)
-
-    def loss_at(t, table):
-        p = {**params, "embed": {"embedding": table}}
-        return jax.nn.logsumexp(apply({"params": p}, tokens, positions)[:, t])
-
-    t = 3
-    grad_rows = jax.grad(loss_at, argnums=1)(t, params["embed"]["embedding"])[tokens[0]]
-    assert np.all(np.asarray(grad_rows[t + 1:]) == 0.0), name  # exactly zero
-    assert np.all(np.abs(np.asarray(grad_rows[: t + 1])).max(axis=-1) > 0), name
 
 
 @pytest.mark.parametrize("name", SCHEMES)
