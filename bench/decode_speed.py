@@ -88,7 +88,10 @@ def main() -> None:
     names = [s for s in args.schemes.split(",") if s] or schemes.names()
     for name in names:
         schemes.get(name)  # an unknown name fails before any work
-    positions = [int(p) for p in args.positions.split(",")]
+    try:
+        positions = [int(p) for p in args.positions.split(",")]
+    except ValueError:
+        raise SystemExit(f"--positions must be comma-separated integers, got {args.positions!r}")
     if min(positions) < 1 or args.steps < 1 or args.chunk < 1:
         raise SystemExit(f"positions, --steps and --chunk must be >= 1: {positions}, "
                          f"{args.steps}, {args.chunk}")

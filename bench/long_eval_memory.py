@@ -72,8 +72,14 @@ def main() -> None:
     parser.add_argument("--child", default="")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other schemes' rows of an existing json")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "long_eval_memory.json"))
     args = parser.parse_args()
-    lengths = [int(x) for x in args.lengths.split(",")]
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")]
+    except ValueError:
+        raise SystemExit(f"--lengths must be comma-separated integers, got {args.lengths!r}")
+    if min(lengths) < 1 or args.block < 1:
+        raise SystemExit(f"--lengths and --block must be >= 1, got {lengths}, {args.block}")
     if args.child:
         child(args.child, lengths, args.block, args.workdir or None)
         return
@@ -81,7 +87,9 @@ def main() -> None:
     from pe_jax import schemes
 
     names = [s for s in args.schemes.split(",") if s] or schemes.names()
-    rows = []
+    for name in names:
+        schemes.get(name)  # an unknown name fails before any work
+    rows, failed = [], []
     for name in names:
         workdir = os.path.join(args.workdir, name) if args.workdir else ""
         if workdir and not os.path.isdir(workdir):
@@ -91,6 +99,7 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            failed.append(name)
             continue
         for line in out.stdout.splitlines():
             if line.startswith("{"):
@@ -98,7 +107,9 @@ def main() -> None:
                 r = rows[-1]
                 print(f"{r['scheme']:>18} {r['length']:>6}: peak RSS {r['peak_rss_mib']:7.0f} MiB"
                       f"  {r['seconds']:6.1f} s  loss {r['loss']:.3f}", flush=True)
-    out = os.path.join(ROOT, "bench", "long_eval_memory.json")
+    if failed:  # keep the results file as it was
+        raise SystemExit(f"failed: {', '.join(failed)}; {args.out} left unchanged")
+    out = args.out
     if args.merge and os.path.exists(out):
         with open(out) as f:
             rows = [r for r in json.load(f) if r["scheme"] not in names] + rows
@@ -106,7 +117,8 @@ def main() -> None:
     with open(out, "w") as f:
         json.dump(rows, f, indent=1)
 
-    print("\n| scheme | " + " | ".join(f"{n // 1024}K" for n in lengths) + " |")
+    print("\n| scheme | " + " | ".join(f"{n // 1024}K" if n >= 1024 else str(n)
+                                     for n in lengths) + " |")
     print("|---|" + "---|" * len(lengths))
     for name in names:
         cells = {r["length"]: r["peak_rss_mib"] for r in rows if r["scheme"] == name}

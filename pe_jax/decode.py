@@ -8,8 +8,6 @@ step that would overflow it raises.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,22 +33,31 @@ class CachedDecoder:
         self.cache = jax.tree.map(lambda x: jnp.array(x, copy=True),
                                   model.init_cache(config, batch, max_len))
         self.index = 0
+        self.batch = batch
+        decoder = self.decoder
 
-    # The cache is donated: XLA writes the new keys and values into it in place instead
-    # of copying every slot each step (the old cache is never read again).
-    @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-    def _step(self, params, cache, tokens_BxS, pos_BxS):
-        logits, variables = self.decoder.apply(
-            {"params": params, "cache": cache}, tokens_BxS, pos_BxS, decode=True,
-            mutable=["cache"],
-        )
-        return logits, variables["cache"]
+        def run(params, cache, tokens_BxS, pos_BxS):
+            logits, variables = decoder.apply(
+                {"params": params, "cache": cache}, tokens_BxS, pos_BxS, decode=True,
+                mutable=["cache"],
+            )
+            return logits, variables["cache"]
+
+        # Jitted per decoder (a closure, not a method with ``self`` static: that would keep
+        # every decoder and its cache alive in JAX's global cache). The cache is donated:
+        # XLA writes the new keys and values in place instead of copying every slot.
+        self._step = jax.jit(run, donate_argnums=1)
 
     def step(self, tokens_BxS, positions_BxS) -> jax.Array:
         tokens_BxS = jnp.asarray(tokens_BxS, jnp.int32)
         positions_BxS = np.asarray(positions_BxS)
         if not np.issubdtype(positions_BxS.dtype, np.integer):
             raise ValueError(f"positions must be integers, got dtype {positions_BxS.dtype}")
+        if tokens_BxS.ndim != 2 or tokens_BxS.shape[0] != self.batch or tokens_BxS.shape[1] < 1:
+            raise ValueError(
+                f"tokens must have shape ({self.batch}, S >= 1) for this cache of batch "
+                f"{self.batch}, got {tokens_BxS.shape}"
+            )
         new = tokens_BxS.shape[1]
         if self.index + new > self.max_len:
             raise ValueError(

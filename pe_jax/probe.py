@@ -84,6 +84,13 @@ def position_probe(mcfg: model.ModelConfig, params, val_tokens: np.ndarray, leng
     """
     if windows < 2:
         raise ValueError(f"the probe needs at least 2 windows (fit and score), got {windows}")
+    if length < 2:
+        raise ValueError(f"the probe needs windows of at least 2 positions, got length {length}")
+    if len(val_tokens) < windows * length + 1:
+        raise ValueError(
+            f"the probe's {windows} windows of {length} tokens need {windows * length + 1} "
+            f"held-out tokens; the text has {len(val_tokens)}"
+        )
     batch = data.eval_windows(val_tokens, length, windows * length)
     hidden_NxWxLxD = residuals(mcfg, params, batch["inputs"], batch["positions"])
     pos_WxL = batch["positions"].astype(np.float64)

@@ -92,6 +92,11 @@ def report_config(quick: bool, schemes: str = "", seeds: str = "") -> ml_collect
                                   schemes=",".join(PRECISION_SCHEMES))
     c.report_schemes = schemes or c.report_schemes
     c.report_seeds = seeds or c.report_seeds
+    if not _names(c.report_schemes):
+        raise ValueError(f"--schemes names no scheme: {c.report_schemes!r}")
+    bad = [s for s in _names(c.report_seeds) if not s.lstrip("-").isdigit()]
+    if bad or not _names(c.report_seeds):
+        raise ValueError(f"--seeds must be comma-separated integers, got {c.report_seeds!r}")
     return c
 
 

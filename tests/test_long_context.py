@@ -72,6 +72,34 @@ def test_full_cache_raises_instead_of_wrapping():
         runner.step(tokens[:, 4:5], positions[:, 4:5])
 
 
+def test_decode_steps_of_another_batch_or_no_token_are_refused_and_the_cache_survives():
+    cfg, decoder, params, tokens, positions = _setup("alibi", 8)
+    runner = decode.CachedDecoder(cfg, params, batch=2, max_len=8)
+    full = decoder.apply({"params": params}, tokens, positions)
+    runner.step(tokens[:, :4], positions[:, :4])
+    with pytest.raises(ValueError, match=r"shape \(2, S >= 1\).*got \(1, 1\)"):
+        runner.step(tokens[:1, 4:5], positions[:1, 4:5])
+    with pytest.raises(ValueError, match=r"got \(2, 0\)"):
+        runner.step(tokens[:, 4:4], positions[:, 4:4])
+    # The refused steps ran nothing: the (donated) cache goes on from where it was.
+    np.testing.assert_allclose(runner.step(tokens[:, 4:6], positions[:, 4:6]), full[:, 4:6],
+                               atol=1e-4)
+
+
+def test_a_dropped_decoder_is_freed_with_its_cache():
+    """The jitted step is the decoder's own closure: JAX's caches keep no decoder alive."""
+    import gc
+    import weakref
+
+    cfg, decoder, params, tokens, positions = _setup("rope", 8)
+    runner = decode.CachedDecoder(cfg, params, batch=2, max_len=8)
+    runner.step(tokens[:, :2], positions[:, :2])
+    ref = weakref.ref(runner)
+    del runner
+    gc.collect()
+    assert ref() is None
+
+
 def test_learned_decode_past_its_table_raises():
     cfg, decoder, params, tokens, positions = _setup("learned", 8)
     runner = decode.CachedDecoder(cfg, params, batch=2, max_len=16)

@@ -268,3 +268,20 @@ def test_table_dtype_is_checked_and_old_run_signatures_still_match(pe, tmp_path)
     config.pe_table_dtype = "bfloat16"
     with pytest.raises(ValueError, match="table_dtype"):
         train._check_workdir(str(tmp_path), config)
+
+
+@pytest.mark.parametrize("pe", ["xpos", "scaled_sinusoidal"])
+def test_bf16_tables_reach_the_schemes_built_on_rope_and_sinusoidal(pe):
+    outs = {}
+    for table in ("float32", "bfloat16"):
+        cfg = helpers.tiny_config(pe, pe_table_dtype=table, seq_len=600, max_len=600)
+        decoder, params, tokens, positions = helpers.init(cfg, length=8, batch=1)
+        outs[table] = np.asarray(decoder.apply({"params": params}, tokens, positions + 500))
+    assert np.abs(outs["bfloat16"] - outs["float32"]).max() > 1e-3  # the fault shows
+
+
+def test_mrope_refuses_bf16_tables():
+    config = default_config.get_config()
+    config.pe, config.pe_table_dtype = "mrope", "bfloat16"
+    with pytest.raises(ValueError, match="mrope builds its angles in float32"):
+        train.run_signature(config)

@@ -50,3 +50,12 @@ def test_probe_needs_two_windows():
     _, params, _, _ = helpers.init(cfg)
     with pytest.raises(ValueError, match="got 1"):
         probe.position_probe(cfg, params, np.zeros(100, np.uint8), length=16, windows=1)
+
+
+def test_probe_refuses_one_position_windows_and_too_little_text():
+    cfg = helpers.tiny_config("none")
+    _, params, _, _ = helpers.init(cfg)
+    with pytest.raises(ValueError, match="length 1"):
+        probe.position_probe(cfg, params, np.zeros(100, np.uint8), length=1, windows=4)
+    with pytest.raises(ValueError, match="100 windows of 16 tokens need 1601"):
+        probe.position_probe(cfg, params, np.zeros(500, np.uint8), length=16, windows=100)

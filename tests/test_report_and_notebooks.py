@@ -83,3 +83,10 @@ def test_generated_notebooks_match_their_generator():
     for name in NOTEBOOKS:
         on_disk = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
         assert on_disk == make_notebooks.build(name), f"rerun notebooks/make_notebooks.py ({name})"
+
+
+@pytest.mark.parametrize("schemes,seeds,match", [(",", "", "names no scheme"),
+                                                  ("", "x", "comma-separated integers")])
+def test_report_refuses_an_empty_scheme_list_and_bad_seeds(schemes, seeds, match):
+    with pytest.raises(ValueError, match=match):
+        report.report_config(True, schemes, seeds)

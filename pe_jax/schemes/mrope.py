@@ -228,6 +228,11 @@ class MropeOptions:
                 "mrope applies plain RoPE frequencies; rope_scaling is not supported, got "
                 f"rope_type {self.rope.scaling.rope_type!r}"
             )
+        if self.rope.table_dtype != "float32":
+            raise ValueError(
+                "mrope builds its angles in float32 only; pe_table_dtype="
+                f"{self.rope.table_dtype!r} is for rope, xpos and the sinusoidal codes"
+            )
 
 
 class Mrope(base.PositionalScheme):

@@ -51,7 +51,8 @@ class ScaledSinusoidal(base.PositionalScheme):
     def embed(self, pos_BxL: jax.Array) -> jax.Array:
         base.check_positions(pos_BxL)
         opts = self.options or ScaledSinusoidalOptions()
-        code_BxLxD = sinusoidal.table(pos_BxL, self.dims.d_model, opts.sin.base, opts.sin.layout)
+        code_BxLxD = sinusoidal.table(pos_BxL, self.dims.d_model, opts.sin.base, opts.sin.layout,
+                                      opts.sin.table_dtype)
         return code_BxLxD * self.gain
 
 

@@ -120,8 +120,9 @@ class Xpos(base.PositionalScheme):
         inv_freq_Dr2 = scaling.default_inv_freq(d_rot, opts.rope.theta)
         zeta_Dr2 = zeta(d_rot)
 
-        q_cos, q_sin = rope.cos_sin(q_pos_BxL, inv_freq_Dr2, layout)
-        k_cos, k_sin = rope.cos_sin(k_pos_BxK, inv_freq_Dr2, layout)
+        table_dtype = opts.rope.table_dtype
+        q_cos, q_sin = rope.cos_sin(q_pos_BxL, inv_freq_Dr2, layout, 1.0, table_dtype)
+        k_cos, k_sin = rope.cos_sin(k_pos_BxK, inv_freq_Dr2, layout, 1.0, table_dtype)
 
         # Scaling cos and sin scales the rotated vector (pass-through dims stay as they are).
         q_scale = scale(q_pos_BxL, zeta_Dr2, opts.scale_base, self.centre, layout, +1)
