@@ -258,10 +258,14 @@ class Mrope(base.PositionalScheme):
         inv_freq_Dr2 = scaling.default_inv_freq(d_rot, opts.rope.theta)
         section = self.section
         layout = opts.rope.layout
-        return (
-            apply_mrope(q_BxLxHxDh, q_pos_AxBxL, inv_freq_Dr2, section, layout),
-            apply_mrope(k_BxKxHxDh, k_pos_AxBxK, inv_freq_Dr2, section, layout),
-        )
+
+        def tables():
+            return (cos_sin_from_angles(angles(q_pos_AxBxL, inv_freq_Dr2, section), layout),
+                    cos_sin_from_angles(angles(k_pos_AxBxK, inv_freq_Dr2, section), layout))
+
+        (q_cos, q_sin), (k_cos, k_sin) = rope.computed_once(tables, k_pos_AxBxK)
+        return (rope.apply(q_BxLxHxDh, q_cos, q_sin, layout),
+                rope.apply(k_BxKxHxDh, k_cos, k_sin, layout))
 
 
 def _options(config) -> MropeOptions:

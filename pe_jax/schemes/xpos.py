@@ -121,15 +121,18 @@ class Xpos(base.PositionalScheme):
         zeta_Dr2 = zeta(d_rot)
 
         table_dtype = opts.rope.table_dtype
-        q_cos, q_sin = rope.cos_sin(q_pos_BxL, inv_freq_Dr2, layout, 1.0, table_dtype)
-        k_cos, k_sin = rope.cos_sin(k_pos_BxK, inv_freq_Dr2, layout, 1.0, table_dtype)
 
-        # Scaling cos and sin scales the rotated vector (pass-through dims stay as they are).
-        q_scale = scale(q_pos_BxL, zeta_Dr2, opts.scale_base, self.centre, layout, +1)
-        k_scale = scale(k_pos_BxK, zeta_Dr2, opts.scale_base, self.centre, layout, -1)
-        q_out = rope.apply(q_BxLxHxDh, q_cos * q_scale, q_sin * q_scale, layout)
-        k_out = rope.apply(k_BxKxHxDh, k_cos * k_scale, k_sin * k_scale, layout)
-        return q_out, k_out
+        def tables():
+            # Scaling cos and sin scales the rotated vector (pass-through dims stay as is).
+            q_cos, q_sin = rope.cos_sin(q_pos_BxL, inv_freq_Dr2, layout, 1.0, table_dtype)
+            k_cos, k_sin = rope.cos_sin(k_pos_BxK, inv_freq_Dr2, layout, 1.0, table_dtype)
+            q_scale = scale(q_pos_BxL, zeta_Dr2, opts.scale_base, self.centre, layout, +1)
+            k_scale = scale(k_pos_BxK, zeta_Dr2, opts.scale_base, self.centre, layout, -1)
+            return (q_cos * q_scale, q_sin * q_scale), (k_cos * k_scale, k_sin * k_scale)
+
+        (q_cos, q_sin), (k_cos, k_sin) = rope.computed_once(tables, k_pos_BxK)
+        return (rope.apply(q_BxLxHxDh, q_cos, q_sin, layout),
+                rope.apply(k_BxKxHxDh, k_cos, k_sin, layout))
 
 
 def _options(config) -> XposOptions:
