@@ -287,14 +287,21 @@ def cost_memory_lines(schemes: list[str]) -> list[str]:
     memory = _read_json(os.path.join(bench_dir(), "long_eval_memory.json")) if bench_dir() else None
     if memory:
         lengths = sorted({r["length"] for r in memory})
+        longest = lengths[-1]
+        none = {r["length"]: r["peak_rss_mib"] for r in memory if r["scheme"] == "none"}
         lines += ["Peak resident memory (MiB) of blockwise evaluation of the main job's "
-                  "model at each length (`bench/long_eval_memory.py`):", "",
-                  "| scheme | " + " | ".join(f"{n // 1024}K" for n in lengths) + " |",
-                  "|---|" + "---|" * len(lengths)]
+                  "model at each length (`bench/long_eval_memory.py`), and at the longest "
+                  "relative to NoPE:", "",
+                  "| scheme | " + " | ".join(f"{n // 1024}K" if n >= 1024 else str(n)
+                                          for n in lengths)
+                  + f" | {longest // 1024}K vs none |",
+                  "|---|" + "---|" * (len(lengths) + 1)]
         for sc in dict.fromkeys(r["scheme"] for r in memory):
             cells = {r["length"]: r["peak_rss_mib"] for r in memory if r["scheme"] == sc}
+            rel = (f"{cells[longest] / none[longest]:.2f}"
+                   if longest in cells and longest in none else "n/a")
             lines.append(f"| {sc} | " + " | ".join(
-                f"{cells[n]:.0f}" if n in cells else "-" for n in lengths) + " |")
+                f"{cells[n]:.0f}" if n in cells else "-" for n in lengths) + f" | {rel} |")
         lines.append("")
     speed = _read_json(os.path.join(bench_dir(), "decode_speed.json")) if bench_dir() else None
     if speed:
