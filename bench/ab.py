@@ -1,7 +1,8 @@
 """Time variants of pe_jax's training step against each other, interleaved.
 
   python bench/ab.py --schemes=none,rope \\
-      --variant="rows=--shared_positions=0" --variant="shared=--shared_positions=1" [--rounds=6 --steps=2]
+      --variant="rows=--shared_positions=0" --variant="shared=--shared_positions=1" \\
+      [--rounds=6 --steps=2]
   python bench/ab.py --variant="this=" --variant="patched=--root=/tmp/pe_jax_copy"
 
 Each variant is a ``bench/train_step.py --serve`` worker started with the arguments after

@@ -253,23 +253,23 @@ def precision_gaps(by_position: dict) -> dict[str, dict[str, float]]:
     return gaps
 
 
-def bench_dir() -> str | None:
-    """The checkout's ``bench/`` (None in an installed wheel, which has no benchmarks)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-    return path if os.path.isdir(path) else None
+BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
-def _read_json(path: str | None):
-    if path and os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return None
+def bench_results(name: str):
+    """``bench/<name>`` of this checkout, parsed; None where it is absent (an installed
+    wheel has no bench/, a fresh checkout may not have run one)."""
+    path = os.path.join(BENCH_DIR, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def cost_rates(runs: dict, seeds: list[int], schemes: list[str]) -> tuple[dict, str]:
     """Training tokens/s of each scheme relative to NoPE, and where they come from:
     ``bench/results.json`` when it holds NoPE ("bench"), else the runs' own logs."""
-    rows = _read_json(os.path.join(bench_dir(), "results.json")) if bench_dir() else None
+    rows = bench_results("results.json")
     if rows and any(r["scheme"] == "none" for r in rows):
         return {r["scheme"]: 1.0 / (1.0 + r["overhead_vs_none"]) for r in rows
                 if r["scheme"] in schemes}, "bench"
@@ -284,7 +284,7 @@ def cost_rates(runs: dict, seeds: list[int], schemes: list[str]) -> tuple[dict, 
 def cost_memory_lines(schemes: list[str]) -> list[str]:
     """Peak RSS of long evaluation and cached-decoding speed, from bench/ when present."""
     lines = []
-    memory = _read_json(os.path.join(bench_dir(), "long_eval_memory.json")) if bench_dir() else None
+    memory = bench_results("long_eval_memory.json")
     if memory:
         lengths = sorted({r["length"] for r in memory})
         longest = lengths[-1]
@@ -303,7 +303,7 @@ def cost_memory_lines(schemes: list[str]) -> list[str]:
             lines.append(f"| {sc} | " + " | ".join(
                 f"{cells[n]:.0f}" if n in cells else "-" for n in lengths) + f" | {rel} |")
         lines.append("")
-    speed = _read_json(os.path.join(bench_dir(), "decode_speed.json")) if bench_dir() else None
+    speed = bench_results("decode_speed.json")
     if speed:
         positions = sorted({r["position"] for r in speed})
         lines += ["Cached decoding, batch 1, one token a step (`bench/decode_speed.py`), "
@@ -897,7 +897,7 @@ def run(workdir: str, quick: bool = False, corpus: data.Corpus | None = None,
                "1 / (1 + overhead_vs_none).", "",
                "| scheme | pe_jax tokens/s | x-transformers tokens/s | ours / peer | "
                "relative to none | MFU |", "|---|---|---|---|---|---|"]
-        for row in _read_json(os.path.join(bench_dir(), "results.json")):
+        for row in bench_results("results.json"):
             if row["scheme"] in schemes:
                 peer = f"{row['peer_tok_s']:.0f}" if row.get("peer_tok_s") else "n/a"
                 ratio = f"{row['ratio']:.2f}" if row.get("ratio") else "n/a"
@@ -926,7 +926,6 @@ def run(workdir: str, quick: bool = False, corpus: data.Corpus | None = None,
                f"{slowest}; source: {source})", ""]
     else:
         md += [f"- **Claim 6** — **Verdict: {NOT_MEASURED}** (needs alibi, sinusoidal, t5)", ""]
-    rel = rates
 
     # g. Summary table.
     md += ["## Summary table, measured", "",
@@ -945,7 +944,7 @@ def run(workdir: str, quick: bool = False, corpus: data.Corpus | None = None,
         non = ratios(runs, scheme, "nonoverlapping", L)[16]
         sli = ratios(runs, scheme, "sliding", L)[16]
         ext_cell = f"{_cell(non, 2)} / {_cell(sli, 2)}"
-        eff = f"{rel[scheme]:.2f}" if scheme in rel else "n/a"
+        eff = f"{rates[scheme]:.2f}" if scheme in rates else "n/a"
         low = lowprec.get(scheme, "not measured")
         md.append(f"| {scheme} | {rel_cell} | {ext_cell} | {low} | {eff} |")
     md += ["", f"Report written in {metrics.format_seconds(time.perf_counter() - started)}.",

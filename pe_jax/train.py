@@ -457,7 +457,8 @@ def train_and_evaluate(config, workdir: str, corpus: data.Corpus | None = None) 
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     tokens_per_step = config.batch_size * config.seq_len
     flops_per_token = flops.config_flops_per_token(config)
-    peak_flops = flops.matmul_flops_per_s(repeats=3) * mesh.size  # float32 matmul speed, measured now
+    # MFU's denominator: the float32 matmul speed of these devices, measured now.
+    peak_flops = flops.matmul_flops_per_s(repeats=3) * mesh.size
     logging.info("%.1f model MFLOP/token; float32 matmul %.0f GFLOP/s on %d devices",
                  flops_per_token / 1e6, peak_flops / 1e9, mesh.size)
     logging.info(
